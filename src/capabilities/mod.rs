@@ -1,0 +1,4 @@
+//! What components can import, beyond computing: each capability is one module.
+pub mod outbound_http;
+pub mod stdio;
+pub mod wasi;

@@ -1,0 +1,358 @@
+//! The gateway's configuration: the TOML schema, its defaults, and loading it from a file.
+//!
+//! Everything an operator can set lives in [`Config`]. Parsing is strict: unknown keys, values of
+//! the wrong type, and bad durations or sizes are errors that name the file, the line and the
+//! key. Checks that need more than one value at a time (route patterns, conflicts between routes,
+//! components that do not load) happen when the gateway is built from the config, and name the
+//! route they concern.
+//!
+//! Relative paths in the file (components, the cache directory) are relative to the directory the
+//! config file is in, so a config works the same from any working directory.
+
+pub mod units;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// The routes, in any order: matching picks the most specific one.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Where the file was read from; relative paths are resolved against its directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[server]`: the public listener and the limits it applies to every connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long a client may take to send a request's headers (HTTP/1.1).
+    #[serde(deserialize_with = "units::duration")]
+    pub header_read_timeout: Duration,
+    /// The default for a route's `timeout`.
+    #[serde(deserialize_with = "units::duration")]
+    pub request_timeout: Duration,
+    /// Larger request bodies get 413.
+    #[serde(deserialize_with = "units::size")]
+    pub max_request_body: u64,
+    /// Larger request header sections get 431.
+    #[serde(deserialize_with = "units::size")]
+    pub max_header_bytes: u64,
+    /// Connections beyond this wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(deserialize_with = "units::duration")]
+    pub shutdown_grace: Duration,
+    /// How many HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_request_body: 16 << 20,
+            max_header_bytes: 64 << 10,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+            max_concurrent_streams: 200,
+        }
+    }
+}
+
+/// `[admin]`: the operator's listener for probes and metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// `[engine]`: the one wasmtime engine the process shares, and its instance pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Where compiled components are cached; `""` disables the cache.
+    pub cache_dir: PathBuf,
+    /// Instances that can be alive at once across all routes (pooling allocator slots).
+    pub max_instances: u32,
+    /// The most linear memory one instance may grow to; a route's `max_memory` may be lower.
+    #[serde(deserialize_with = "units::size")]
+    pub max_instance_memory: u64,
+    /// Use the pooling allocator (the default). `false` allocates every instance on demand.
+    pub pooling: bool,
+    /// Pool tuning, see docs/perf.md: bytes of each memory kept resident between instances.
+    #[serde(deserialize_with = "units::size")]
+    pub linear_memory_keep_resident: u64,
+    /// Pool tuning: bytes of each table kept resident between instances.
+    #[serde(deserialize_with = "units::size")]
+    pub table_keep_resident: u64,
+    /// Pool tuning: how many slots are decommitted in one batch.
+    pub decommit_batch_size: usize,
+    /// Pool tuning: free slots kept warm for reuse.
+    pub max_unused_warm_slots: Option<u32>,
+    /// Pool tuning: reset memory with the Linux PAGEMAP_SCAN ioctl where the kernel has it.
+    pub pagemap_scan: bool,
+    /// How often the epoch ticker advances; the granularity of timeouts and of preemption.
+    #[serde(deserialize_with = "units::duration")]
+    pub epoch_tick: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cache_dir: PathBuf::from(".wasmgate/cache"),
+            max_instances: 1000,
+            max_instance_memory: 128 << 20,
+            pooling: true,
+            linear_memory_keep_resident: 0,
+            table_keep_resident: 0,
+            decommit_batch_size: 1,
+            max_unused_warm_slots: None,
+            pagemap_scan: false,
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// One `[[route]]`: what requests it matches and the component that serves them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `api.example.com`, `*.example.com`, or absent for any host.
+    pub host: Option<String>,
+    /// `/exact`, `/users/:id`, `/static/...`.
+    pub path: String,
+    /// Absent means every method.
+    pub methods: Option<Vec<String>>,
+    /// The component that serves the route (a `wasi:http/incoming-handler` component).
+    pub component: PathBuf,
+    /// Environment variables the component sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where the component may send HTTP requests: `scheme://host[:port]`, host may start with
+    /// `*.`, port may be `*`.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Live instances of this route at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Requests that may wait for an instance; more get 503. Defaults to `max_concurrency`.
+    pub queue_size: Option<usize>,
+    /// How long a request may wait for an instance before it gets 503.
+    #[serde(
+        default = "default_queue_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub queue_timeout: Duration,
+    /// How long one request may run; defaults to `[server] request_timeout`.
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    pub timeout: Option<Duration>,
+    /// The most linear memory an instance of this route may use; defaults to
+    /// `[engine] max_instance_memory`.
+    #[serde(default, deserialize_with = "units::opt_size")]
+    pub max_memory: Option<u64>,
+}
+
+fn default_max_concurrency() -> usize {
+    100
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl RouteConfig {
+    /// A short name for error messages: `route 2 (GET api.example.com/hello/:name)`.
+    pub fn describe(&self, index: usize) -> String {
+        let methods = self
+            .methods
+            .as_ref()
+            .map(|m| format!("{} ", m.join(",")))
+            .unwrap_or_default();
+        let host = self.host.as_deref().unwrap_or("");
+        format!("route {} ({methods}{host}{})", index + 1, self.path)
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file. The error names the file and, for parse errors, the line
+    /// and key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, base_dir).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses config text; relative paths will resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: PathBuf) -> anyhow::Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.base_dir = base_dir;
+        config.check_values()?;
+        Ok(config)
+    }
+
+    /// Resolves a path from the file against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The directory for compiled components, or `None` when caching is off.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        (!self.engine.cache_dir.as_os_str().is_empty())
+            .then(|| self.resolve(&self.engine.cache_dir))
+    }
+
+    /// Checks single values that serde cannot: ranges and relations between two keys.
+    fn check_values(&self) -> anyhow::Result<()> {
+        let server = &self.server;
+        if server.max_header_bytes < 8 << 10 {
+            bail!(
+                "[server] max_header_bytes must be at least 8KiB (hyper's smallest header buffer)"
+            );
+        }
+        if server.max_connections == 0 {
+            bail!("[server] max_connections must be at least 1");
+        }
+        if server.max_concurrent_streams == 0 {
+            bail!("[server] max_concurrent_streams must be at least 1");
+        }
+        let engine = &self.engine;
+        if engine.max_instances == 0 {
+            bail!("[engine] max_instances must be at least 1");
+        }
+        if engine.max_instance_memory < 64 << 10 {
+            bail!("[engine] max_instance_memory must be at least one wasm page (64KiB)");
+        }
+        if engine.epoch_tick.is_zero() {
+            bail!("[engine] epoch_tick must be longer than zero");
+        }
+        for (index, route) in self.routes.iter().enumerate() {
+            let name = route.describe(index);
+            if route.max_concurrency == 0 {
+                bail!("{name}: max_concurrency must be at least 1");
+            }
+            if let Some(max_memory) = route.max_memory {
+                if max_memory > engine.max_instance_memory {
+                    bail!(
+                        "{name}: max_memory ({max_memory} bytes) is larger than [engine] \
+                         max_instance_memory ({} bytes)",
+                        engine.max_instance_memory
+                    );
+                }
+            }
+            if route.timeout.is_some_and(|t| t.is_zero()) {
+                bail!("{name}: timeout must be longer than zero");
+            }
+            for key in route.env.keys() {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    bail!("{name}: env key `{key}` is not a valid variable name");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse(text, PathBuf::from("/etc/wasmgate"))
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.server.listen.port(), 8080);
+        assert_eq!(config.server.max_request_body, 16 << 20);
+        assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn routes_parse_with_units_and_relative_paths() {
+        let config = parse(
+            r#"
+            [[route]]
+            path = "/hello/:name"
+            methods = ["GET"]
+            component = "hello.wasm"
+            timeout = "250ms"
+            max_memory = "32MiB"
+            env = { GREETING = "hi" }
+            "#,
+        )
+        .unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(route.max_memory, Some(32 << 20));
+        assert_eq!(route.queue_timeout, Duration::from_secs(1));
+        assert_eq!(
+            config.resolve(&route.component),
+            PathBuf::from("/etc/wasmgate/hello.wasm")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("listen_port"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn bad_units_name_the_key() {
+        let err = parse("[server]\nrequest_timeout = \"forever\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("request_timeout") && text.contains("not a duration"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn route_memory_cannot_exceed_the_engine_limit() {
+        let err = parse(
+            "[engine]\nmax_instance_memory = \"64MiB\"\n[[route]]\npath = \"/\"\ncomponent = \"a.wasm\"\nmax_memory = \"1GiB\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("route 1 (/): max_memory"),
+            "{err:#}"
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! The gateway: a route table built from the config, and the path every request takes.
+//!
+//! [`Gateway::build`] turns a [`Config`] into something that can serve: it creates the engine,
+//! loads every component once (through the compile cache), pre-instantiates each against the
+//! linker, and validates the route table. Any error names the route and the file.
+//!
+//! [`Gateway::handle`] is the request path, top to bottom:
+//! request id ─► header size (431) ─► path sanity (400) ─► route lookup (404, 405) ─►
+//! body size (413) ─► the gateway's `x-wasmgate-*` headers ─► the component route
+//! (503, 504, 500) ─► metrics and the access log.
+
+use crate::body::{LimitedBody, ResponseBody, full};
+use crate::capabilities::outbound_http::OutboundRule;
+use crate::config::{Config, RouteConfig};
+use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::router::{Lookup, RouteSpec, RouteTable};
+use crate::runtime::admission::Admission;
+use crate::runtime::component::{self, Origin};
+use crate::runtime::engine::{Allocator, EpochTicker, build_engine};
+use crate::runtime::instance::{ComponentRoute, Failure, HostState, RouteSettings, linker};
+use anyhow::Context;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// Headers the gateway sets for components; a client's own copies are removed.
+const GATEWAY_HEADER_PREFIX: &str = "x-wasmgate-";
+const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-wasmgate-route");
+const PATH_INFO_HEADER: HeaderName = HeaderName::from_static("x-wasmgate-path-info");
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A built, ready-to-serve gateway.
+pub struct Gateway {
+    routes: RouteTable<Arc<ComponentRoute>>,
+    metrics: Arc<Metrics>,
+    max_request_body: u64,
+    max_header_bytes: u64,
+    /// What each component was loaded from, for `check` and tests.
+    pub components: Vec<(PathBuf, Origin)>,
+    pub allocator: Allocator,
+    _ticker: EpochTicker,
+}
+
+impl Gateway {
+    /// Builds everything the config describes; see the module docs.
+    pub fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Gateway> {
+        let (engine, allocator) = build_engine(&config.engine)?;
+        let linker = linker(&engine)?;
+        let cache_dir = config.cache_dir();
+
+        // Each distinct component file is loaded once, however many routes use it.
+        let mut loaded: HashMap<PathBuf, Component> = HashMap::new();
+        let mut components = Vec::new();
+        let mut specs = Vec::with_capacity(config.routes.len());
+        for (index, route) in config.routes.iter().enumerate() {
+            let name = route.describe(index);
+            let path = config.resolve(&route.component);
+            let component = match loaded.get(&path) {
+                Some(component) => component.clone(),
+                None => {
+                    let (component, origin) = component::load(&engine, &path, cache_dir.as_deref())
+                        .map_err(|e| with_build_hint(e, &path))
+                        .with_context(|| name.clone())?;
+                    components.push((path.clone(), origin));
+                    loaded.insert(path.clone(), component.clone());
+                    component
+                }
+            };
+            let pre = pre_instantiate(&linker, &component)
+                .with_context(|| format!("{name}: component {}", path.display()))?;
+            let target =
+                component_route(config, route, pre, &metrics).with_context(|| name.clone())?;
+            specs.push(RouteSpec {
+                host: route.host.clone(),
+                path: route.path.clone(),
+                methods: route.methods.clone(),
+                target: Arc::new(target),
+            });
+        }
+        let routes = RouteTable::new(specs).map_err(|(index, e)| {
+            anyhow::anyhow!("{}: {e}", config.routes[index].describe(index))
+        })?;
+        let ticker = EpochTicker::start(engine, config.engine.epoch_tick);
+        Ok(Gateway {
+            routes,
+            metrics,
+            max_request_body: config.server.max_request_body,
+            max_header_bytes: config.server.max_header_bytes,
+            components,
+            allocator,
+            _ticker: ticker,
+        })
+    }
+
+    /// The route templates, in config order.
+    pub fn route_templates(&self) -> Vec<String> {
+        self.routes.targets().map(|(t, _)| t.to_string()).collect()
+    }
+
+    /// Serves one request; never fails: every problem becomes a status code.
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let method = request.method().clone();
+
+        if header_bytes(&request) > self.max_header_bytes {
+            return self.finish(
+                UNMATCHED_ROUTE,
+                &method,
+                started,
+                &request_id,
+                error_page(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    &request_id,
+                    "the request's headers are too large",
+                ),
+            );
+        }
+        if has_dot_segments(request.uri().path()) {
+            return self.finish(
+                UNMATCHED_ROUTE,
+                &method,
+                started,
+                &request_id,
+                error_page(
+                    StatusCode::BAD_REQUEST,
+                    &request_id,
+                    "the path must not contain `.` or `..` segments",
+                ),
+            );
+        }
+
+        let host = request.uri().host().map(str::to_string).or_else(|| {
+            request
+                .headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+        let path = request.uri().path().to_string();
+        let (route, template, extra_headers) =
+            match self.routes.lookup(host.as_deref(), &method, &path) {
+                Lookup::Found(found) => {
+                    let mut extra = Vec::with_capacity(found.params.len() + 2);
+                    extra.push((ROUTE_HEADER, header_value(found.template)));
+                    extra.push((PATH_INFO_HEADER, header_value(found.path_info)));
+                    for (name, value) in &found.params {
+                        if let Ok(name) =
+                            HeaderName::try_from(format!("{GATEWAY_HEADER_PREFIX}param-{name}"))
+                        {
+                            extra.push((name, header_value(value)));
+                        }
+                    }
+                    (found.target.clone(), found.template, extra)
+                }
+                Lookup::MethodNotAllowed { allow } => {
+                    let mut response = error_page(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        &request_id,
+                        "this path does not take that method",
+                    );
+                    let allow = allow
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    response.headers_mut().insert(ALLOW, header_value(&allow));
+                    return self.finish(UNMATCHED_ROUTE, &method, started, &request_id, response);
+                }
+                Lookup::NotFound => {
+                    return self.finish(
+                        UNMATCHED_ROUTE,
+                        &method,
+                        started,
+                        &request_id,
+                        error_page(
+                            StatusCode::NOT_FOUND,
+                            &request_id,
+                            "no route matches this request",
+                        ),
+                    );
+                }
+            };
+        let metrics = route.metrics().clone();
+        metrics.active_requests.inc();
+
+        let declared_length = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|len| len > self.max_request_body) {
+            metrics.active_requests.dec();
+            return self.finish(
+                template,
+                &method,
+                started,
+                &request_id,
+                error_page(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &request_id,
+                    "the request body is too large",
+                ),
+            );
+        }
+
+        let headers = request.headers_mut();
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(GATEWAY_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
+        for (name, value) in extra_headers {
+            headers.insert(name, value);
+        }
+        headers.insert(REQUEST_ID_HEADER, header_value(&request_id));
+
+        let too_large = Arc::new(AtomicBool::new(false));
+        let request =
+            request.map(|body| LimitedBody::new(body, self.max_request_body, too_large.clone()));
+        let result = route.handle(request, &request_id, too_large.clone()).await;
+        metrics.active_requests.dec();
+
+        let response = if too_large.load(Ordering::Acquire) {
+            error_page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &request_id,
+                "the request body is too large",
+            )
+        } else {
+            match result {
+                Ok(response) => response,
+                Err(failure) => failure_page(failure, &request_id),
+            }
+        };
+        let status = response.status().as_u16();
+        metrics.observe_request(&method, status, started.elapsed().as_secs_f64());
+        log_access(template, &method, &path, status, started, &request_id);
+        with_request_id(response, &request_id)
+    }
+
+    /// Records and logs a response the gateway made itself, and adds the request id.
+    fn finish(
+        &self,
+        route: &str,
+        method: &http::Method,
+        started: Instant,
+        request_id: &str,
+        response: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        let status = response.status().as_u16();
+        self.metrics
+            .observe_request(route, method, status, started.elapsed().as_secs_f64());
+        log_access(route, method, "", status, started, request_id);
+        with_request_id(response, request_id)
+    }
+}
+
+/// Pre-instantiates a component; the errors say which import or export is the problem.
+fn pre_instantiate(
+    linker: &Linker<HostState>,
+    component: &Component,
+) -> anyhow::Result<ProxyPre<HostState>> {
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        anyhow::anyhow!(
+            "it imports something the gateway does not provide: {e:#} (wasmgate provides WASI 0.2 \
+             and wasi:http)"
+        )
+    })?;
+    ProxyPre::new(pre).map_err(|e| {
+        anyhow::anyhow!("it does not export `wasi:http/incoming-handler` (WASI 0.2), so it cannot serve HTTP: {e:#}")
+    })
+}
+
+fn component_route(
+    config: &Config,
+    route: &RouteConfig,
+    pre: ProxyPre<HostState>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<ComponentRoute> {
+    let outbound = route
+        .allowed_outbound_hosts
+        .iter()
+        .map(|rule| OutboundRule::parse(rule).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let max_memory = route
+        .max_memory
+        .unwrap_or(config.engine.max_instance_memory);
+    let settings = RouteSettings {
+        name: route.path.as_str().into(),
+        env: route
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        outbound: outbound.into(),
+        timeout: route.timeout.unwrap_or(config.server.request_timeout),
+        max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+        admission: Admission::new(
+            route.max_concurrency,
+            route.queue_size.unwrap_or(route.max_concurrency),
+            route.queue_timeout,
+        ),
+    };
+    let metrics = metrics.route(&route.path);
+    Ok(ComponentRoute::new(settings, pre, metrics))
+}
+
+/// Adds how to build the example guests to a "file not found" for one of them.
+fn with_build_hint(error: anyhow::Error, path: &std::path::Path) -> anyhow::Error {
+    let missing = error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    });
+    if missing && path.components().any(|c| c.as_os_str() == "wasm32-wasip2") {
+        error.context(
+            "the example guests are not built: run `rustup target add wasm32-wasip2` and then \
+             `cargo build --release` in the guests/ directory (building wasmgate does this for you \
+             once the target is installed)",
+        )
+    } else {
+        error
+    }
+}
+
+fn failure_page(failure: Failure, request_id: &str) -> Response<ResponseBody> {
+    match failure {
+        Failure::Rejected(reason) => {
+            let mut response = error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                request_id,
+                &format!("the route is at capacity ({})", reason.as_str()),
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        Failure::BadRequest(why) => {
+            tracing::debug!(
+                request_id,
+                why,
+                "request rejected before reaching the component"
+            );
+            error_page(
+                StatusCode::BAD_REQUEST,
+                request_id,
+                "the request is malformed",
+            )
+        }
+        Failure::TimedOut => error_page(
+            StatusCode::GATEWAY_TIMEOUT,
+            request_id,
+            "the component did not answer in time",
+        ),
+        Failure::GuestFailed => error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            request_id,
+            "the component failed to handle the request",
+        ),
+    }
+}
+
+/// A short plain-text error page that names the request id and nothing of the guest's internals.
+fn error_page(status: StatusCode, request_id: &str, what: &str) -> Response<ResponseBody> {
+    let text = format!(
+        "{} {}: {what}\nrequest id: {request_id}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn with_request_id(
+    mut response: Response<ResponseBody>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, header_value(request_id));
+    response
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The size of the request's header section as HTTP/1.1 would send it.
+fn header_bytes<B>(request: &Request<B>) -> u64 {
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
+        .sum()
+}
+
+/// Whether a path has `.` or `..` segments, literally or percent-encoded.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+fn log_access(
+    route: &str,
+    method: &http::Method,
+    path: &str,
+    status: u16,
+    started: Instant,
+    request_id: &str,
+) {
+    tracing::info!(
+        target: "wasmgate::access",
+        route, method = %method, path, status,
+        micros = started.elapsed().as_micros() as u64,
+        request_id,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_found_in_any_spelling() {
+        assert!(has_dot_segments("/static/../admin"));
+        assert!(has_dot_segments("/a/%2E%2e/b"));
+        assert!(has_dot_segments("/./x"));
+        assert!(!has_dot_segments("/a.b/..c/x"));
+    }
+}

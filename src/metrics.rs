@@ -1,0 +1,267 @@
+//! Every Prometheus metric the gateway exports, in one place.
+//!
+//! Names follow the OpenTelemetry HTTP semantic conventions in their Prometheus form
+//! (`http_server_*`), and the gateway's own carry the `wasmgate_` prefix. The `route` label is
+//! always the route's path template, never the raw request path, so cardinality is bounded by
+//! the config. Per-route handles are resolved once when the route is built ([`RouteMetrics`]) so
+//! the request path does not hash label values for them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::Arc;
+
+/// The route label for requests no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    7.5, 10.0, 30.0, 60.0,
+];
+const INSTANTIATION_BUCKETS: &[f64] = &[
+    0.000_002, 0.000_005, 0.000_01, 0.000_015, 0.000_02, 0.000_03, 0.000_05, 0.000_1, 0.000_25,
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.1,
+];
+
+/// The registry and every metric family.
+pub struct Metrics {
+    registry: Registry,
+    request_duration: HistogramVec,
+    active_requests: IntGaugeVec,
+    instantiation_duration: HistogramVec,
+    instances_active: IntGaugeVec,
+    admission_rejected: IntCounterVec,
+    guest_traps: IntCounterVec,
+    outbound_requests: IntCounterVec,
+}
+
+/// Why admission control turned a request away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    QueueFull,
+    QueueTimeout,
+    PoolExhausted,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::QueueTimeout => "queue_timeout",
+            RejectReason::PoolExhausted => "pool_exhausted",
+        }
+    }
+}
+
+/// How a guest failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    Trap,
+    Timeout,
+    Memory,
+}
+
+impl TrapKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapKind::Trap => "trap",
+            TrapKind::Timeout => "timeout",
+            TrapKind::Memory => "memory",
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            let metric = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+            .expect("metric definitions are static and valid");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let metric =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        };
+        let metrics = Metrics {
+            request_duration: histogram(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, until the response headers are sent.",
+                REQUEST_BUCKETS,
+                &["route", "method", "status"],
+            ),
+            active_requests: gauge(
+                "http_server_active_requests",
+                "HTTP server requests in flight.",
+                &["route"],
+            ),
+            instantiation_duration: histogram(
+                "wasmgate_instantiation_duration_seconds",
+                "Time to create a component instance for a request.",
+                INSTANTIATION_BUCKETS,
+                &["route"],
+            ),
+            instances_active: gauge(
+                "wasmgate_instances_active",
+                "Component instances alive now.",
+                &["route"],
+            ),
+            admission_rejected: counter(
+                "wasmgate_admission_rejected_total",
+                "Requests turned away by admission control.",
+                &["route", "reason"],
+            ),
+            guest_traps: counter(
+                "wasmgate_guest_traps_total",
+                "Guest failures: traps, timeouts and memory exhaustion.",
+                &["route", "kind"],
+            ),
+            outbound_requests: counter(
+                "wasmgate_outbound_requests_total",
+                "Outgoing HTTP requests from components, by allow-list outcome.",
+                &["route", "outcome"],
+            ),
+            registry: registry.clone(),
+        };
+        let build_info = gauge(
+            "wasmgate_build_info",
+            "The running gateway's version.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Arc::new(metrics)
+    }
+
+    /// Handles for one route's metrics.
+    pub fn route(self: &Arc<Self>, route: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            route: route.into(),
+            active_requests: self.active_requests.with_label_values(&[route]),
+            instantiation: self.instantiation_duration.with_label_values(&[route]),
+            instances_active: self.instances_active.with_label_values(&[route]),
+            traps: [TrapKind::Trap, TrapKind::Timeout, TrapKind::Memory]
+                .map(|k| self.guest_traps.with_label_values(&[route, k.as_str()])),
+            rejected: [
+                RejectReason::QueueFull,
+                RejectReason::QueueTimeout,
+                RejectReason::PoolExhausted,
+            ]
+            .map(|r| {
+                self.admission_rejected
+                    .with_label_values(&[route, r.as_str()])
+            }),
+            outbound_allowed: self
+                .outbound_requests
+                .with_label_values(&[route, "allowed"]),
+            outbound_denied: self.outbound_requests.with_label_values(&[route, "denied"]),
+            all: self.clone(),
+        })
+    }
+
+    /// Records a finished request (headers sent).
+    pub fn observe_request(&self, route: &str, method: &http::Method, status: u16, seconds: f64) {
+        let mut buf = itoa_buf();
+        let status = format_status(status, &mut buf);
+        self.request_duration
+            .with_label_values(&[route, method_label(method), status])
+            .observe(seconds);
+    }
+
+    /// The active-requests gauge of requests no route matched.
+    pub fn unmatched_active(&self) -> IntGauge {
+        self.active_requests.with_label_values(&[UNMATCHED_ROUTE])
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// One route's metric handles.
+pub struct RouteMetrics {
+    pub route: Arc<str>,
+    pub active_requests: IntGauge,
+    pub instantiation: Histogram,
+    pub instances_active: IntGauge,
+    traps: [IntCounter; 3],
+    rejected: [IntCounter; 3],
+    outbound_allowed: IntCounter,
+    outbound_denied: IntCounter,
+    all: Arc<Metrics>,
+}
+
+impl RouteMetrics {
+    pub fn trap(&self, kind: TrapKind) {
+        self.traps[kind as usize].inc();
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].inc();
+    }
+
+    pub fn outbound(&self, outcome: &str) {
+        match outcome {
+            "denied" => self.outbound_denied.inc(),
+            _ => self.outbound_allowed.inc(),
+        }
+    }
+
+    pub fn observe_request(&self, method: &http::Method, status: u16, seconds: f64) {
+        self.all
+            .observe_request(&self.route, method, status, seconds);
+    }
+}
+
+/// The method label: the standard methods by name, anything else as `_OTHER` (bounded
+/// cardinality, as the OpenTelemetry conventions ask).
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::TRACE => "TRACE",
+        http::Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+fn itoa_buf() -> [u8; 3] {
+    [b'0'; 3]
+}
+
+fn format_status(status: u16, buf: &mut [u8; 3]) -> &str {
+    let status = status.min(999);
+    buf[0] = b'0' + (status / 100) as u8;
+    buf[1] = b'0' + (status / 10 % 10) as u8;
+    buf[2] = b'0' + (status % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("000")
+}

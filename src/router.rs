@@ -1,0 +1,623 @@
+//! The route table: which route serves a request, by host, path and method.
+//!
+//! Matching picks the most specific route, whatever the order of the config:
+//!
+//! * host: an exact host beats a wildcard host (`*.example.com`; a longer suffix beats a shorter
+//!   one) beats a route without a host;
+//! * path, segment by segment from the left: a literal segment beats a `:param`, which beats the
+//!   trailing `/...` wildcard; a path that ends where the request ends beats a wildcard;
+//! * method: a route that lists methods beats one that takes any method.
+//!
+//! A request whose host and path match some routes but whose method matches none gets a
+//! [`Lookup::MethodNotAllowed`] with the methods that would have matched. Two routes that rank
+//! equally and could match the same request make [`RouteTable::new`] fail: the table is never
+//! ambiguous.
+//!
+//! The table is immutable once built and generic over what a route leads to, so it can be tested
+//! on its own and swapped whole on reload.
+
+use http::Method;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+/// A route as the table sees it: where it applies and what it leads to.
+pub struct RouteSpec<T> {
+    pub host: Option<String>,
+    pub path: String,
+    pub methods: Option<Vec<String>>,
+    pub target: T,
+}
+
+/// Why a route definition was rejected.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RouteError {
+    #[error("path `{path}`: {problem}")]
+    Path { path: String, problem: String },
+    #[error("host `{host}`: {problem}")]
+    Host { host: String, problem: String },
+    #[error("method `{0}` is not a valid HTTP method")]
+    Method(String),
+    #[error("routes {first} and {second} match the same requests with the same priority")]
+    Conflict { first: usize, second: usize },
+}
+
+/// The result of looking a request up.
+pub enum Lookup<'a, T> {
+    Found(Match<'a, T>),
+    /// Host and path match, the method does not; `allow` is what would.
+    MethodNotAllowed {
+        allow: Vec<Method>,
+    },
+    NotFound,
+}
+
+/// A matched route and what the match captured.
+pub struct Match<'a, T> {
+    pub target: &'a T,
+    /// The route's path template, for logs and metric labels.
+    pub template: &'a str,
+    /// `:param` captures, in the template's order.
+    pub params: Vec<(&'a str, &'a str)>,
+    /// What the trailing `/...` matched (with its leading `/`), empty for other routes.
+    pub path_info: &'a str,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+#[derive(Debug, Clone)]
+struct PathPattern {
+    segments: Vec<Segment>,
+    wildcard: bool,
+}
+
+struct Route<T> {
+    host: HostPattern,
+    path: PathPattern,
+    template: String,
+    methods: Option<Vec<Method>>,
+    target: T,
+}
+
+/// An immutable, validated set of routes.
+pub struct RouteTable<T> {
+    routes: Vec<Route<T>>,
+    /// Route indexes per exact host.
+    exact: HashMap<String, Vec<usize>>,
+    /// Wildcard host suffixes, longest (most specific) first.
+    suffixes: Vec<(String, Vec<usize>)>,
+    any_host: Vec<usize>,
+}
+
+/// How specific a match is; larger is better. Compared field by field.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    host: (u8, usize),
+    path: Vec<u8>,
+    method_specific: bool,
+}
+
+const RANK_WILDCARD: u8 = 0;
+const RANK_PARAM: u8 = 1;
+const RANK_LITERAL: u8 = 2;
+const RANK_END: u8 = 3;
+
+impl HostPattern {
+    fn parse(host: Option<&str>) -> Result<HostPattern, RouteError> {
+        let Some(host) = host else {
+            return Ok(HostPattern::Any);
+        };
+        let err = |problem: &str| RouteError::Host {
+            host: host.to_string(),
+            problem: problem.to_string(),
+        };
+        let lower = host.to_ascii_lowercase();
+        let (name, wildcard) = match lower.strip_prefix("*.") {
+            Some(rest) => (rest, true),
+            None => (lower.as_str(), false),
+        };
+        if name.is_empty() {
+            return Err(err("is empty"));
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            || name.starts_with('.')
+            || name.ends_with('.')
+        {
+            return Err(err(
+                "must be a host name like `api.example.com` or `*.example.com` (no port, no scheme)",
+            ));
+        }
+        Ok(if wildcard {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
+    }
+
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Exact(_) => (2, 0),
+            HostPattern::Suffix(suffix) => (1, suffix.len()),
+            HostPattern::Any => (0, 0),
+        }
+    }
+}
+
+impl PathPattern {
+    fn parse(path: &str) -> Result<PathPattern, RouteError> {
+        let err = |problem: &str| RouteError::Path {
+            path: path.to_string(),
+            problem: problem.to_string(),
+        };
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(err("must start with `/`"));
+        };
+        let mut parts: Vec<&str> = rest.split('/').collect();
+        let wildcard = parts.last() == Some(&"...");
+        if wildcard {
+            parts.pop();
+        }
+        let mut segments = Vec::with_capacity(parts.len());
+        let mut names = BTreeSet::new();
+        let last = parts.len().saturating_sub(1);
+        for (i, part) in parts.into_iter().enumerate() {
+            if part.is_empty() && (wildcard || i != last) {
+                return Err(err("has an empty segment (`//`)"));
+            }
+            if part == "..." {
+                return Err(err("`...` may only be the last segment"));
+            }
+            if part == "." || part == ".." {
+                return Err(err("must not contain `.` or `..` segments"));
+            }
+            if let Some(name) = part.strip_prefix(':') {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(err(
+                        "a parameter is `:` and a name of letters, digits, `_` or `-`",
+                    ));
+                }
+                let name = name.to_ascii_lowercase();
+                if !names.insert(name.clone()) {
+                    return Err(err(&format!("parameter `:{name}` appears twice")));
+                }
+                segments.push(Segment::Param(name));
+            } else {
+                if part
+                    .chars()
+                    .any(|c| c.is_ascii_control() || c.is_whitespace() || "?#*".contains(c))
+                {
+                    return Err(err(
+                        "a literal segment must not contain `?`, `#`, `*` or spaces",
+                    ));
+                }
+                segments.push(Segment::Literal(part.to_string()));
+            }
+        }
+        Ok(PathPattern { segments, wildcard })
+    }
+
+    /// Matches the request path; on success returns the params and the wildcard remainder.
+    fn matches<'a>(&'a self, path: &'a str) -> Option<(Vec<(&'a str, &'a str)>, &'a str)> {
+        let mut parts = path.strip_prefix('/')?.split('/');
+        let mut params = Vec::new();
+        // Byte offset in `path` just past the separator that follows the last matched segment.
+        let mut consumed = 1;
+        for segment in &self.segments {
+            let part = parts.next()?;
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if part.is_empty() => return None,
+                Segment::Param(name) => params.push((name.as_str(), part)),
+            }
+            consumed += part.len() + 1;
+        }
+        if self.wildcard {
+            let info = path.get(consumed - 1..).unwrap_or("");
+            Some((params, info))
+        } else {
+            parts.next().is_none().then_some((params, ""))
+        }
+    }
+
+    fn rank(&self) -> Vec<u8> {
+        let mut rank: Vec<u8> = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(_) => RANK_LITERAL,
+                Segment::Param(_) => RANK_PARAM,
+            })
+            .collect();
+        rank.push(if self.wildcard {
+            RANK_WILDCARD
+        } else {
+            RANK_END
+        });
+        rank
+    }
+
+    /// The shape two equally ranked patterns share when they match the same requests.
+    fn shape(&self) -> (Vec<Option<&str>>, bool) {
+        let literals = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => Some(l.as_str()),
+                Segment::Param(_) => None,
+            })
+            .collect();
+        (literals, self.wildcard)
+    }
+}
+
+impl<T> RouteTable<T> {
+    /// Validates and indexes routes. Errors carry the 0-based index of the offending route.
+    pub fn new(specs: Vec<RouteSpec<T>>) -> Result<RouteTable<T>, (usize, RouteError)> {
+        let mut routes = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.into_iter().enumerate() {
+            let host = HostPattern::parse(spec.host.as_deref()).map_err(|e| (index, e))?;
+            let path = PathPattern::parse(&spec.path).map_err(|e| (index, e))?;
+            let methods = match spec.methods {
+                None => None,
+                Some(list) => Some(
+                    list.iter()
+                        .map(|m| {
+                            Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                                .map_err(|_| (index, RouteError::Method(m.clone())))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            routes.push(Route {
+                host,
+                path,
+                template: spec.path,
+                methods,
+                target: spec.target,
+            });
+        }
+        for (i, a) in routes.iter().enumerate() {
+            for (j, b) in routes.iter().enumerate().skip(i + 1) {
+                if a.host == b.host
+                    && a.path.shape() == b.path.shape()
+                    && methods_overlap(&a.methods, &b.methods)
+                {
+                    return Err((
+                        j,
+                        RouteError::Conflict {
+                            first: i + 1,
+                            second: j + 1,
+                        },
+                    ));
+                }
+            }
+        }
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut suffixes: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_host = Vec::new();
+        for (index, route) in routes.iter().enumerate() {
+            match &route.host {
+                HostPattern::Exact(host) => exact.entry(host.clone()).or_default().push(index),
+                HostPattern::Suffix(suffix) => {
+                    suffixes.entry(suffix.clone()).or_default().push(index)
+                }
+                HostPattern::Any => any_host.push(index),
+            }
+        }
+        let mut suffixes: Vec<_> = suffixes.into_iter().collect();
+        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        Ok(RouteTable {
+            routes,
+            exact,
+            suffixes,
+            any_host,
+        })
+    }
+
+    /// Every route's target with its template, in config order.
+    pub fn targets(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.routes.iter().map(|r| (r.template.as_str(), &r.target))
+    }
+
+    /// Finds the route for a request. `host` may carry a port; case is ignored.
+    pub fn lookup<'a>(
+        &'a self,
+        host: Option<&str>,
+        method: &Method,
+        path: &'a str,
+    ) -> Lookup<'a, T> {
+        let host = host.map(normalize_host);
+        let mut candidates: Vec<&[usize]> = Vec::with_capacity(3);
+        if let Some(host) = host.as_deref() {
+            if let Some(indexes) = self.exact.get(host) {
+                candidates.push(indexes);
+            }
+            for (suffix, indexes) in &self.suffixes {
+                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                    candidates.push(indexes);
+                }
+            }
+        }
+        candidates.push(&self.any_host);
+
+        let mut best: Option<(Rank, Match<'a, T>)> = None;
+        let mut allow: Vec<Method> = Vec::new();
+        let mut path_matched = false;
+        for &index in candidates.iter().flat_map(|c| c.iter()) {
+            let route = &self.routes[index];
+            let Some((params, path_info)) = route.path.matches(path) else {
+                continue;
+            };
+            path_matched = true;
+            match &route.methods {
+                Some(methods) if !methods.contains(method) => {
+                    allow.extend(methods.iter().cloned());
+                    continue;
+                }
+                _ => {}
+            }
+            let rank = Rank {
+                host: route.host.rank(),
+                path: route.path.rank(),
+                method_specific: route.methods.is_some(),
+            };
+            if best.as_ref().is_none_or(|(b, _)| rank > *b) {
+                let found = Match {
+                    target: &route.target,
+                    template: &route.template,
+                    params,
+                    path_info,
+                };
+                best = Some((rank, found));
+            }
+        }
+        match best {
+            Some((_, found)) => Lookup::Found(found),
+            None if path_matched => {
+                allow.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                allow.dedup();
+                Lookup::MethodNotAllowed { allow }
+            }
+            None => Lookup::NotFound,
+        }
+    }
+}
+
+fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+        _ => false,
+    }
+}
+
+/// Lower-cases a host and strips a port (`Example.com:8080` ─► `example.com`).
+fn normalize_host(host: &str) -> String {
+    let without_port = if host.starts_with('[') {
+        host.split(']')
+            .next()
+            .map(|h| &host[..h.len() + 1])
+            .unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    without_port.to_ascii_lowercase()
+}
+
+impl fmt::Debug for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => write!(f, "{h}"),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+            HostPattern::Any => write!(f, "*"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        host: Option<&str>,
+        path: &str,
+        methods: Option<&[&str]>,
+        name: &str,
+    ) -> RouteSpec<String> {
+        RouteSpec {
+            host: host.map(str::to_string),
+            path: path.to_string(),
+            methods: methods.map(|m| m.iter().map(|s| s.to_string()).collect()),
+            target: name.to_string(),
+        }
+    }
+
+    fn table(specs: Vec<RouteSpec<String>>) -> RouteTable<String> {
+        RouteTable::new(specs).unwrap_or_else(|(i, e)| panic!("route {i}: {e}"))
+    }
+
+    fn found(table: &RouteTable<String>, host: Option<&str>, method: Method, path: &str) -> String {
+        match table.lookup(host, &method, path) {
+            Lookup::Found(m) => m.target.clone(),
+            Lookup::MethodNotAllowed { allow } => format!("405 {allow:?}"),
+            Lookup::NotFound => "404".to_string(),
+        }
+    }
+
+    #[test]
+    fn literal_beats_param_beats_wildcard_whatever_the_order() {
+        let t = table(vec![
+            spec(None, "/a/...", None, "wild"),
+            spec(None, "/a/:x", None, "param"),
+            spec(None, "/a/b", None, "literal"),
+            spec(None, "/a", None, "exact-a"),
+        ]);
+        assert_eq!(found(&t, None, Method::GET, "/a/b"), "literal");
+        assert_eq!(found(&t, None, Method::GET, "/a/c"), "param");
+        assert_eq!(found(&t, None, Method::GET, "/a/c/d"), "wild");
+        assert_eq!(found(&t, None, Method::GET, "/a"), "exact-a");
+        assert_eq!(found(&t, None, Method::GET, "/b"), "404");
+    }
+
+    #[test]
+    fn wildcard_matches_its_prefix_and_reports_the_rest() {
+        let t = table(vec![
+            spec(None, "/static/...", None, "s"),
+            spec(None, "/...", None, "all"),
+        ]);
+        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/static/css/site.css") else {
+            panic!("no match");
+        };
+        assert_eq!((m.target.as_str(), m.path_info), ("s", "/css/site.css"));
+        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/static") else {
+            panic!()
+        };
+        assert_eq!((m.target.as_str(), m.path_info), ("s", ""));
+        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/staticky") else {
+            panic!()
+        };
+        assert_eq!((m.target.as_str(), m.path_info), ("all", "/staticky"));
+        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/") else {
+            panic!()
+        };
+        assert_eq!((m.target.as_str(), m.path_info), ("all", "/"));
+    }
+
+    #[test]
+    fn params_are_captured_in_order() {
+        let t = table(vec![spec(None, "/users/:id/posts/:Post", None, "p")]);
+        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/users/42/posts/abc") else {
+            panic!()
+        };
+        assert_eq!(m.params, vec![("id", "42"), ("post", "abc")]);
+        assert_eq!(found(&t, None, Method::GET, "/users//posts/abc"), "404");
+        assert_eq!(found(&t, None, Method::GET, "/users/42/posts"), "404");
+        assert_eq!(
+            found(&t, None, Method::GET, "/users/42/posts/abc/more"),
+            "404"
+        );
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_beats_any() {
+        let t = table(vec![
+            spec(None, "/", None, "any"),
+            spec(Some("*.example.com"), "/", None, "wild"),
+            spec(Some("*.api.example.com"), "/", None, "deeper-wild"),
+            spec(Some("api.example.com"), "/", None, "exact"),
+        ]);
+        assert_eq!(
+            found(&t, Some("API.example.com:8080"), Method::GET, "/"),
+            "exact"
+        );
+        assert_eq!(found(&t, Some("www.example.com"), Method::GET, "/"), "wild");
+        assert_eq!(
+            found(&t, Some("v1.api.example.com"), Method::GET, "/"),
+            "deeper-wild"
+        );
+        assert_eq!(found(&t, Some("example.com"), Method::GET, "/"), "any");
+        assert_eq!(found(&t, None, Method::GET, "/"), "any");
+    }
+
+    #[test]
+    fn method_specific_beats_any_method_and_405_lists_allowed() {
+        let t = table(vec![
+            spec(None, "/item", Some(&["GET", "head"]), "read"),
+            spec(None, "/item", Some(&["PUT"]), "write"),
+            spec(None, "/open", None, "any"),
+            spec(None, "/open", Some(&["DELETE"]), "delete"),
+        ]);
+        assert_eq!(found(&t, None, Method::HEAD, "/item"), "read");
+        assert_eq!(found(&t, None, Method::PUT, "/item"), "write");
+        assert_eq!(
+            found(&t, None, Method::POST, "/item"),
+            "405 [GET, HEAD, PUT]"
+        );
+        assert_eq!(found(&t, None, Method::DELETE, "/open"), "delete");
+        assert_eq!(found(&t, None, Method::POST, "/open"), "any");
+    }
+
+    #[test]
+    fn equal_rank_overlaps_are_conflicts() {
+        let conflict = |specs| RouteTable::new(specs).err().map(|(_, e)| e);
+        assert_eq!(
+            conflict(vec![
+                spec(None, "/u/:id", None, "a"),
+                spec(None, "/u/:name", None, "b")
+            ]),
+            Some(RouteError::Conflict {
+                first: 1,
+                second: 2
+            })
+        );
+        assert!(
+            conflict(vec![
+                spec(None, "/u", Some(&["GET", "PUT"]), "a"),
+                spec(None, "/u", Some(&["PUT"]), "b")
+            ])
+            .is_some()
+        );
+        // Different host, different methods, or different rank: no conflict.
+        assert!(
+            conflict(vec![
+                spec(Some("a.com"), "/u", None, "a"),
+                spec(None, "/u", None, "b")
+            ])
+            .is_none()
+        );
+        assert!(
+            conflict(vec![
+                spec(None, "/u", Some(&["GET"]), "a"),
+                spec(None, "/u", Some(&["PUT"]), "b")
+            ])
+            .is_none()
+        );
+        assert!(
+            conflict(vec![
+                spec(None, "/u/:id", None, "a"),
+                spec(None, "/u/x", None, "b")
+            ])
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected_with_a_reason() {
+        let reject = |path: &str| match RouteTable::new(vec![spec(None, path, None, "x")]) {
+            Err((0, RouteError::Path { problem, .. })) => problem,
+            _ => panic!("{path} was accepted"),
+        };
+        assert!(reject("hello").contains("start with"));
+        assert!(reject("/a/.../b").contains("last segment"));
+        assert!(reject("/a/:").contains("parameter"));
+        assert!(reject("/a/:x/:x").contains("twice"));
+        assert!(reject("/a//b").contains("empty segment"));
+        assert!(reject("/a/../b").contains("`..`"));
+        assert!(matches!(
+            RouteTable::new(vec![spec(Some("http://x.com"), "/", None, "x")]),
+            Err((0, RouteError::Host { .. }))
+        ));
+        assert!(matches!(
+            RouteTable::new(vec![spec(None, "/", Some(&["GE T"]), "x")]),
+            Err((0, RouteError::Method(_)))
+        ));
+    }
+}

@@ -1,0 +1,346 @@
+//! One request, one instance: the per-request store, and running a guest's handler in it.
+//!
+//! For every request a [`ComponentRoute`]:
+//!
+//! 1. takes an admission permit ([`super::admission`]), or rejects the request;
+//! 2. creates a `Store` with fresh [`HostState`]: WASI, `wasi:http` with the route's outbound
+//!    policy, and a memory limiter;
+//! 3. instantiates the pre-instantiated component (`ProxyPre`) from the pooling allocator;
+//! 4. calls `wasi:http/incoming-handler.handle` in a task of its own, so the guest can keep
+//!    writing the response body after the headers went out.
+//!
+//! The store asks to be interrupted at every epoch tick and then yields to the executor, so a
+//! guest that computes without pause cannot hold a worker thread; the route's timeout is a
+//! deadline over the whole call (instantiation, handler, body), after which the call is dropped
+//! and the instance with it.
+//!
+//! The handler's task publishes how the guest ended ([`GuestEnd`]) *before* it drops the store.
+//! That ordering is what lets the request side tell a guest that never answered (500), one that
+//! ran out of time (504) and one whose body was cut off (the response is aborted).
+
+use super::admission::Admission;
+use super::response::{GuestBody, GuestEnd};
+use crate::body::ResponseBody;
+use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule};
+use crate::capabilities::wasi::guest_context;
+use crate::metrics::{RejectReason, RouteMetrics, TrapKind};
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Table elements one table may grow to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The host side of one request's store.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundPolicy,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Caps each linear memory at the route's `max_memory`, and remembers refusing, so a trap that
+/// follows is counted as running out of memory.
+struct MemoryLimiter {
+    max_memory: usize,
+    refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_memory;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// The linker every component is instantiated against: WASI 0.2 and `wasi:http`.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Why a request to a component route got no response from the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Admission control turned it away (503).
+    Rejected(RejectReason),
+    /// The request could not be given to the guest (400).
+    BadRequest(String),
+    /// The guest ran out of time before it sent headers (504).
+    TimedOut,
+    /// The guest trapped, returned without a response, or sent an error (500).
+    GuestFailed,
+}
+
+/// The settings of a component route that shape each request.
+pub struct RouteSettings {
+    pub name: Arc<str>,
+    pub env: Vec<(String, String)>,
+    pub outbound: Arc<[OutboundRule]>,
+    pub timeout: Duration,
+    pub max_memory: usize,
+    pub admission: Admission,
+}
+
+/// A route served by a component.
+pub struct ComponentRoute {
+    settings: RouteSettings,
+    pre: ProxyPre<HostState>,
+    metrics: Arc<RouteMetrics>,
+}
+
+impl ComponentRoute {
+    pub fn new(
+        settings: RouteSettings,
+        pre: ProxyPre<HostState>,
+        metrics: Arc<RouteMetrics>,
+    ) -> ComponentRoute {
+        ComponentRoute {
+            settings,
+            pre,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<RouteMetrics> {
+        &self.metrics
+    }
+
+    /// Runs the request through a fresh instance; see the module docs. `request_cut` is set by
+    /// the request body if the gateway cut it off; the response is then aborted, not completed.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        request: http::Request<B>,
+        request_id: &Arc<str>,
+        request_cut: Arc<AtomicBool>,
+    ) -> Result<http::Response<ResponseBody>, Failure>
+    where
+        B: Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+    {
+        let permit = self.settings.admission.acquire().await.map_err(|reason| {
+            self.metrics.rejected(reason);
+            Failure::Rejected(reason)
+        })?;
+        let deadline = Instant::now() + self.settings.timeout;
+
+        let mut store = self.new_store(request_id);
+        let (response_tx, response_rx) = oneshot::channel();
+        let (incoming, outparam) = {
+            let mut http = store.data_mut().http();
+            let incoming = http
+                .new_incoming_request(Scheme::Http, request)
+                .map_err(|e| Failure::BadRequest(format!("{e:#}")))?;
+            let outparam = http.new_response_outparam(response_tx).map_err(|e| {
+                tracing::error!(request_id = %request_id, error = %e, "cannot create the response resource");
+                Failure::GuestFailed
+            })?;
+            (incoming, outparam)
+        };
+
+        let (end_tx, mut end_rx) = watch::channel(GuestEnd::Running);
+        let route = self.clone();
+        let task_request_id = request_id.clone();
+        tokio::spawn(async move {
+            let request_id = task_request_id;
+            let _permit = permit;
+            let run = async {
+                let started = std::time::Instant::now();
+                let proxy = route
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| (e, true))?;
+                route
+                    .metrics
+                    .instantiation
+                    .observe(started.elapsed().as_secs_f64());
+                let _alive = GaugeGuard::inc(&route.metrics.instances_active);
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+                    .map_err(|e| (e, false))
+            };
+            let end = match tokio::time::timeout_at(deadline, run).await {
+                Ok(Ok(())) => GuestEnd::Returned,
+                Ok(Err((error, instantiating))) => {
+                    let memory = store.data().limiter.refused;
+                    route.guest_failed(&request_id, &error, instantiating, memory)
+                }
+                Err(_) => {
+                    route.metrics.trap(TrapKind::Timeout);
+                    tracing::warn!(
+                        route = %route.settings.name, request_id = %request_id,
+                        timeout_ms = route.settings.timeout.as_millis() as u64,
+                        "component ran past the route's timeout and was stopped"
+                    );
+                    GuestEnd::TimedOut
+                }
+            };
+            // Publish the end before the store (and the guest's body sender with it) is dropped.
+            let _ = end_tx.send(end);
+            drop(store);
+        });
+
+        match response_rx.await {
+            Ok(Ok(response)) => {
+                Ok(response.map(|body| GuestBody::new(body, end_rx, request_cut).boxed_unsync()))
+            }
+            Ok(Err(code)) => {
+                tracing::warn!(
+                    route = %self.settings.name, request_id = %request_id, error = ?code,
+                    "component answered with an error instead of a response"
+                );
+                Err(Failure::GuestFailed)
+            }
+            Err(_) => {
+                // The guest let go of its response-outparam without setting it: wait for how it
+                // ended (bounded by the deadline).
+                let end = end_rx
+                    .wait_for(|end| *end != GuestEnd::Running)
+                    .await
+                    .map(|end| *end)
+                    .unwrap_or(GuestEnd::Trapped);
+                match end {
+                    GuestEnd::TimedOut => Err(Failure::TimedOut),
+                    GuestEnd::PoolExhausted => {
+                        self.metrics.rejected(RejectReason::PoolExhausted);
+                        Err(Failure::Rejected(RejectReason::PoolExhausted))
+                    }
+                    GuestEnd::Returned => {
+                        tracing::warn!(
+                            route = %self.settings.name, request_id = %request_id,
+                            "component returned without sending a response"
+                        );
+                        Err(Failure::GuestFailed)
+                    }
+                    _ => Err(Failure::GuestFailed),
+                }
+            }
+        }
+    }
+
+    fn new_store(&self, request_id: &Arc<str>) -> Store<HostState> {
+        let settings = &self.settings;
+        let state = HostState {
+            wasi: guest_context(&settings.env, &settings.name, request_id),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: OutboundPolicy {
+                rules: settings.outbound.clone(),
+                route: settings.name.clone(),
+                request_id: request_id.clone(),
+                response_timeout: settings.timeout,
+                metrics: self.metrics.clone(),
+            },
+            limiter: MemoryLimiter {
+                max_memory: settings.max_memory,
+                refused: false,
+            },
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // Yield at every epoch tick: fairness for busy guests, and a chance for the deadline.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store
+    }
+
+    /// Logs and counts a trap or a failed instantiation; returns how the guest ended.
+    fn guest_failed(
+        &self,
+        request_id: &str,
+        error: &wasmtime::Error,
+        instantiating: bool,
+        memory: bool,
+    ) -> GuestEnd {
+        let route = &self.settings.name;
+        if instantiating
+            && error
+                .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+        {
+            tracing::warn!(route = %route, request_id, error = %error, "no free instance slot in the pool");
+            return GuestEnd::PoolExhausted;
+        }
+        let kind = if memory {
+            TrapKind::Memory
+        } else {
+            TrapKind::Trap
+        };
+        self.metrics.trap(kind);
+        tracing::error!(
+            route = %route, request_id, kind = kind.as_str(), error = ?error,
+            "{}", if instantiating { "component could not be instantiated" } else { "component trapped" }
+        );
+        if instantiating {
+            GuestEnd::InstantiationFailed
+        } else {
+            GuestEnd::Trapped
+        }
+    }
+}
+
+/// Increments a gauge now and decrements it on drop.
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn inc(gauge: &'a prometheus::IntGauge) -> GaugeGuard<'a> {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

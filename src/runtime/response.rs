@@ -1,0 +1,100 @@
+//! A guest's response body, and how the guest's handler ended.
+//!
+//! wasmtime ends a guest's response body cleanly when the guest's store goes away, even when the
+//! guest trapped or ran out of time halfway through writing it. [`GuestBody`] turns that end into
+//! an error, so hyper aborts the response (HTTP/1.1 closes the connection without the last chunk,
+//! HTTP/2 resets the stream) and a client never takes a truncated body for a complete one. The
+//! same goes for a response written while the gateway cut the *request* body off (it was over
+//! `max_request_body`): the guest saw a broken request, so its answer cannot be trusted whole.
+
+use crate::body::BoxError;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use tokio::sync::watch;
+
+/// How a guest's handler ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestEnd {
+    /// Still running.
+    Running,
+    /// Returned normally.
+    Returned,
+    /// Trapped (or was refused memory and then trapped).
+    Trapped,
+    /// Ran past the route's timeout and was stopped.
+    TimedOut,
+    /// No instance could be created: the pool is exhausted.
+    PoolExhausted,
+    /// No instance could be created for another reason.
+    InstantiationFailed,
+}
+
+impl GuestEnd {
+    /// Whether the guest stopped without finishing its work.
+    pub fn failed(self) -> bool {
+        !matches!(self, GuestEnd::Running | GuestEnd::Returned)
+    }
+}
+
+/// Why a guest's response body was cut off.
+#[derive(Debug, thiserror::Error)]
+#[error("the component failed before it finished the response body")]
+pub struct GuestBodyAborted;
+
+/// A guest's response body; see the module docs.
+pub struct GuestBody<B> {
+    inner: B,
+    end: watch::Receiver<GuestEnd>,
+    request_cut: Arc<AtomicBool>,
+}
+
+impl<B> GuestBody<B> {
+    /// `end` is how the guest ended; `request_cut` is set if the request body was cut off.
+    pub fn new(
+        inner: B,
+        end: watch::Receiver<GuestEnd>,
+        request_cut: Arc<AtomicBool>,
+    ) -> GuestBody<B> {
+        GuestBody {
+            inner,
+            end,
+            request_cut,
+        }
+    }
+}
+
+impl<B> Body for GuestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                // The guest's task publishes its end before it drops the store, so a body that
+                // ended because the store went away always sees `Failed` here.
+                if self.end.borrow().failed() || self.request_cut.load(Ordering::Acquire) {
+                    Poll::Ready(Some(Err(Box::new(GuestBodyAborted))))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            other => other.map(|f| f.map(|r| r.map_err(|e| -> BoxError { Box::new(e) }))),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

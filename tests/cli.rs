@@ -1,0 +1,252 @@
+//! The command line: `check` on good and bad configs, the compile cache, and shutdown.
+
+mod common;
+
+use common::*;
+use http::{Request, StatusCode};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs `wasmgate check` on a config text; returns (success, stdout + stderr).
+fn check(dir: &Path, config: &str) -> (bool, String) {
+    let path = dir.join("wasmgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(["check", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn engine() -> String {
+    format!(
+        "[engine]\ncache_dir = {}\nmax_instances = 16\n",
+        toml_path(&shared_cache_dir())
+    )
+}
+
+fn one_route(component: &str) -> String {
+    format!(
+        "{}\n[[route]]\npath = \"/x\"\ncomponent = {component}\n",
+        engine()
+    )
+}
+
+#[test]
+fn check_accepts_a_good_config_and_the_default_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = check(dir.path(), &one_route(&toml_path(&guest("hello"))));
+    assert!(ok, "{text}");
+    assert!(text.contains("OK, 1 routes, 1 components"), "{text}");
+
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wasmgate.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(["check", default.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn check_names_the_route_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"definitely not wasm").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]).unwrap();
+    let needs_more = dir.path().join("needs-more.wat");
+    std::fs::write(
+        &needs_more,
+        "(component (import \"acme:missing/thing@1.0.0\" (instance)))",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.wasm");
+
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (
+            one_route(&toml_path(&missing)),
+            vec![
+                "route 1 (/x)".into(),
+                "missing.wasm".into(),
+                "cannot read component".into(),
+            ],
+        ),
+        (
+            one_route(&toml_path(&garbage)),
+            vec!["route 1 (/x)".into(), "not a WebAssembly file".into()],
+        ),
+        (
+            one_route(&toml_path(&core)),
+            vec![
+                "route 1 (/x)".into(),
+                "core WebAssembly module, not a component".into(),
+            ],
+        ),
+        (
+            one_route(&toml_path(&guest("not-a-proxy"))),
+            vec![
+                "route 1 (/x)".into(),
+                "not-a-proxy.wasm".into(),
+                "does not export `wasi:http/incoming-handler`".into(),
+            ],
+        ),
+        (
+            one_route(&toml_path(&needs_more)),
+            vec![
+                "route 1 (/x)".into(),
+                "needs-more.wat".into(),
+                "acme:missing/thing".into(),
+            ],
+        ),
+        (
+            format!(
+                "{}\n[[route]]\npath = \"/x\"\ncomponent = \"a.wasm\"\nmax_concurency = 3\n",
+                engine()
+            ),
+            vec![
+                "wasmgate.toml".into(),
+                "max_concurency".into(),
+                "line".into(),
+            ],
+        ),
+        (
+            format!(
+                "{}\n[[route]]\npath = \"/u/:id\"\ncomponent = {h}\n[[route]]\npath = \"/u/:name\"\ncomponent = {h}\n",
+                engine(),
+                h = toml_path(&guest("hello"))
+            ),
+            vec!["routes 1 and 2 match the same requests".into()],
+        ),
+        (
+            format!(
+                "{}\n[[route]]\npath = \"x\"\ncomponent = {}\n",
+                engine(),
+                toml_path(&guest("hello"))
+            ),
+            vec!["route 1 (x)".into(), "must start with `/`".into()],
+        ),
+        (
+            format!(
+                "{}\n[[route]]\npath = \"/x\"\ncomponent = {}\nallowed_outbound_hosts = [\"example.com\"]\n",
+                engine(),
+                toml_path(&guest("hello"))
+            ),
+            vec![
+                "route 1 (/x)".into(),
+                "allowed_outbound_hosts entry `example.com`".into(),
+            ],
+        ),
+        (
+            "[server]\nmax_request_body = \"lots\"\n".into(),
+            vec!["max_request_body".into(), "not a size".into()],
+        ),
+    ];
+    for (config, expected) in cases {
+        let (ok, text) = check(dir.path(), &config);
+        assert!(!ok, "accepted a bad config:\n{config}");
+        for fragment in expected {
+            assert!(
+                text.contains(&fragment),
+                "message lacks `{fragment}`:\n{text}\nconfig:\n{config}"
+            );
+        }
+        assert!(!text.contains("panicked"), "{text}");
+    }
+
+    // A missing config file and serve on a bad config fail the same clear way.
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(["serve", "/nonexistent/wasmgate.toml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("cannot read config file /nonexistent/wasmgate.toml")
+    );
+}
+
+#[test]
+fn a_second_start_loads_compiled_components_from_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "[[route]]\npath = \"/\"\ncomponent = {}\n",
+        toml_path(&guest("hello"))
+    );
+    let sections = || Sections {
+        engine: format!(
+            "cache_dir = {}\nmax_instances = 8\n",
+            toml_path(cache.path())
+        ),
+        ..Sections::default()
+    };
+    let first = Gateway::start_with(&routes, sections());
+    first.wait_for_output(Duration::from_secs(5), |l| l.contains("compiled component"));
+    assert!(
+        !first
+            .output()
+            .contains("loaded compiled component from cache")
+    );
+    drop(first);
+    let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "one compiled component in the cache");
+    assert!(cached[0].file_name().to_string_lossy().ends_with(".cwasm"));
+
+    let second = Gateway::start_with(&routes, sections());
+    second.wait_for_output(Duration::from_secs(5), |l| {
+        l.contains("loaded compiled component from cache")
+    });
+    assert!(
+        !second.output().contains("\"compiled component\"")
+            && !second.output().contains(" compiled component component=")
+    );
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero() {
+    let routes = format!(
+        "[[route]]\npath = \"/stream\"\ncomponent = {}\n",
+        toml_path(&guest("streaming"))
+    );
+    let mut gw = Gateway::start(&routes);
+    let client = http1();
+    let in_flight = send(
+        &client,
+        Request::get(gw.url("/stream?chunks=4&delay_ms=300"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    gw.signal_terminate();
+    gw.wait_for_output(Duration::from_secs(5), |l| l.contains("shutting down"));
+
+    let (status, _, _) = get(&http1(), &gw.admin_url("/readyz")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readiness fails during the drain"
+    );
+    assert!(
+        std::net::TcpStream::connect(gw.addr).is_err(),
+        "no new connections are accepted"
+    );
+
+    let (status, _, body) = read(in_flight).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "chunk 0\nchunk 1\nchunk 2\nchunk 3\n"),
+        "the in-flight request finished"
+    );
+    let exit = gw.wait_exit(Duration::from_secs(10));
+    assert!(exit.success(), "exit status {exit}");
+}
