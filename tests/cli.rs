@@ -68,7 +68,7 @@ fn check_names_the_route_the_file_and_the_problem() {
     let needs_more = dir.path().join("needs-more.wat");
     std::fs::write(
         &needs_more,
-        "(component (import \"acme:missing/thing@1.0.0\" (instance)))",
+        "(component (import \"acme:missing/thing@1.0.0\" (instance (export \"go\" (func)))))",
     )
     .unwrap();
     let missing = dir.path().join("missing.wasm");

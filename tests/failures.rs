@@ -104,13 +104,11 @@ async fn a_trap_gives_500_with_the_request_id_and_nothing_of_the_guest() {
 async fn a_trap_after_the_headers_aborts_the_response() {
     let gw = Gateway::start(&routes());
     for client in [http1(), http2()] {
-        let response = send(
-            &client,
-            Request::get(gw.url("/trap?after_headers=1"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await;
+        // The guest sends headers and a chunk, pauses so they reach the client, then traps.
+        let request = Request::get(gw.url("/trap?after_headers=1&delay_ms=200"))
+            .body(empty())
+            .unwrap();
+        let response = send(&client, request).await;
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -132,6 +130,37 @@ async fn a_trap_after_the_headers_aborts_the_response() {
             outcome.is_err(),
             "the body must end in an error, not look complete"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_trap_right_after_setting_the_response_is_never_a_complete_body() {
+    let gw = Gateway::start(&routes());
+    for client in [http1(), http2()] {
+        for _ in 0..5 {
+            let request = Request::get(gw.url("/trap?after_headers=1"))
+                .body(empty())
+                .unwrap();
+            // Either the gateway saw the trap before anything went out (500), or the response
+            // was aborted; a clean 200 would be a lie.
+            match client.request(request).await {
+                Ok(response) if response.status() == StatusCode::INTERNAL_SERVER_ERROR => {}
+                Ok(response) => {
+                    assert_eq!(response.status(), StatusCode::OK);
+                    assert!(
+                        response.into_body().collect().await.is_err(),
+                        "a complete-looking body"
+                    );
+                }
+                Err(e) => assert!(
+                    e.is_connect()
+                        || format!("{e:?}").contains("Incomplete")
+                        || format!("{e:?}").contains("Reset")
+                        || format!("{e:?}").contains("reset"),
+                    "{e:?}"
+                ),
+            }
+        }
     }
 }
 

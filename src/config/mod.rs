@@ -264,14 +264,14 @@ impl Config {
             if route.max_concurrency == 0 {
                 bail!("{name}: max_concurrency must be at least 1");
             }
-            if let Some(max_memory) = route.max_memory {
-                if max_memory > engine.max_instance_memory {
-                    bail!(
-                        "{name}: max_memory ({max_memory} bytes) is larger than [engine] \
-                         max_instance_memory ({} bytes)",
-                        engine.max_instance_memory
-                    );
-                }
+            if let Some(max_memory) = route.max_memory
+                && max_memory > engine.max_instance_memory
+            {
+                bail!(
+                    "{name}: max_memory ({max_memory} bytes) is larger than [engine] \
+                     max_instance_memory ({} bytes)",
+                    engine.max_instance_memory
+                );
             }
             if route.timeout.is_some_and(|t| t.is_zero()) {
                 bail!("{name}: timeout must be longer than zero");

@@ -40,20 +40,18 @@ pub fn load(
         .with_context(|| format!("{} is not a usable component", path.display()))?;
 
     let cached = cache_dir.map(|dir| cache_path(engine, dir, &bytes));
-    if let Some(cached) = &cached {
-        if cached.exists() {
-            // SAFETY: the cache holds only files this gateway serialized with an engine of the same
-            // compatibility hash (part of the file name); the directory is the operator's.
-            match unsafe { Component::deserialize_file(engine, cached) } {
-                Ok(component) => {
-                    tracing::info!(component = %path.display(), cache = %cached.display(), "loaded compiled component from cache");
-                    return Ok((component, Origin::Cache));
-                }
-                Err(e) => tracing::warn!(
-                    cache = %cached.display(), error = %format!("{e:#}"),
-                    "ignoring unusable cached component; compiling again"
-                ),
+    if let Some(cached) = cached.as_ref().filter(|c| c.exists()) {
+        // SAFETY: the cache holds only files this gateway serialized with an engine of the same
+        // compatibility hash (part of the file name); the directory is the operator's.
+        match unsafe { Component::deserialize_file(engine, cached) } {
+            Ok(component) => {
+                tracing::info!(component = %path.display(), cache = %cached.display(), "loaded compiled component from cache");
+                return Ok((component, Origin::Cache));
             }
+            Err(e) => tracing::warn!(
+                cache = %cached.display(), error = %format!("{e:#}"),
+                "ignoring unusable cached component; compiling again"
+            ),
         }
     }
 
@@ -66,10 +64,10 @@ pub fn load(
         millis = started.elapsed().as_millis() as u64,
         "compiled component"
     );
-    if let Some(cached) = &cached {
-        if let Err(e) = store_in_cache(&component, cached) {
-            tracing::warn!(cache = %cached.display(), error = %format!("{e:#}"), "cannot write the compile cache");
-        }
+    if let Some(cached) = &cached
+        && let Err(e) = store_in_cache(&component, cached)
+    {
+        tracing::warn!(cache = %cached.display(), error = %format!("{e:#}"), "cannot write the compile cache");
     }
     Ok((component, Origin::Compiled))
 }

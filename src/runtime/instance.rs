@@ -231,6 +231,9 @@ impl ComponentRoute {
         });
 
         match response_rx.await {
+            // A guest that failed right after it set its response: nothing has reached the
+            // client yet, so it can still get a proper 500 rather than an aborted response.
+            Ok(Ok(_)) if end_rx.borrow().failed() => Err(Failure::GuestFailed),
             Ok(Ok(response)) => {
                 Ok(response.map(|body| GuestBody::new(body, end_rx, request_cut).boxed_unsync()))
             }
