@@ -418,6 +418,8 @@ fn has_dot_segments(path: &str) -> bool {
     })
 }
 
+/// One access-log line per request, at debug level under the `wasmgate::access` target: enable it
+/// with `RUST_LOG=info,wasmgate::access=debug`.
 fn log_access(
     route: &str,
     method: &http::Method,
@@ -426,7 +428,7 @@ fn log_access(
     started: Instant,
     request_id: &str,
 ) {
-    tracing::info!(
+    tracing::debug!(
         target: "wasmgate::access",
         route, method = %method, path, status,
         micros = started.elapsed().as_micros() as u64,
