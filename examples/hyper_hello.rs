@@ -13,7 +13,9 @@ use std::convert::Infallible;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8091".to_string());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8091".to_string());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("serving HTTP on http://{}", listener.local_addr()?);
     loop {
@@ -21,7 +23,9 @@ async fn main() -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service = service_fn(|_: Request<hyper::body::Incoming>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"Hello from wasmgate!\n"))))
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"Hello from wasmgate!\n",
+                ))))
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

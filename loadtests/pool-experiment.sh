@@ -9,6 +9,7 @@ source "$(dirname "$0")/lib.sh"
 ensure_wrk
 build_all
 
+
 settings=(
   "baseline|"
   "keep_resident_64k|linear_memory_keep_resident = \"64KiB\"
@@ -23,6 +24,16 @@ decommit_batch_size = 32"
   "pagemap_keep_1m|pagemap_scan = true
 linear_memory_keep_resident = \"1MiB\"
 table_keep_resident = \"1MiB\""
+  "pagemap_keep_4m|pagemap_scan = true
+linear_memory_keep_resident = \"4MiB\"
+table_keep_resident = \"1MiB\""
+  "pagemap_keep_16m|pagemap_scan = true
+linear_memory_keep_resident = \"16MiB\"
+table_keep_resident = \"1MiB\""
+  "pagemap_keep_16m_b32|pagemap_scan = true
+linear_memory_keep_resident = \"16MiB\"
+table_keep_resident = \"1MiB\"
+decommit_batch_size = 32"
   "warm_slots_0|max_unused_warm_slots = 0"
 )
 

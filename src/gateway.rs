@@ -109,6 +109,7 @@ impl Gateway {
         let started = Instant::now();
         let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let method = request.method().clone();
+        let http1 = request.version() < http::Version::HTTP_2;
 
         if header_bytes(&request) > self.max_header_bytes {
             return self.finish(
@@ -198,16 +199,13 @@ impl Gateway {
             .and_then(|v| v.parse::<u64>().ok());
         if declared_length.is_some_and(|len| len > self.max_request_body) {
             metrics.active_requests.dec();
+            tokio::spawn(drain(request.into_body()));
             return self.finish(
                 template,
                 &method,
                 started,
                 &request_id,
-                error_page(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &request_id,
-                    "the request body is too large",
-                ),
+                too_large_page(&request_id, http1),
             );
         }
 
@@ -232,11 +230,7 @@ impl Gateway {
         metrics.active_requests.dec();
 
         let response = if too_large.load(Ordering::Acquire) {
-            error_page(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &request_id,
-                "the request body is too large",
-            )
+            too_large_page(&request_id, http1)
         } else {
             match result {
                 Ok(response) => response,
@@ -264,6 +258,27 @@ impl Gateway {
         log_access(route, method, "", status, started, request_id);
         with_request_id(response, request_id)
     }
+}
+
+/// Bytes and time a refused request body may take to be read and discarded.
+const DRAIN_LIMIT: u64 = 4 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards a body the gateway refused, within bounds, so the client reads the refusal
+/// (closing with unread data makes the kernel reset the connection, and the answer can be lost)
+/// and an HTTP/1.1 connection stays usable.
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Pre-instantiates a component; the errors say which import or export is the problem.
@@ -369,6 +384,22 @@ fn failure_page(failure: Failure, request_id: &str) -> Response<ResponseBody> {
             "the component failed to handle the request",
         ),
     }
+}
+
+/// 413, closing an HTTP/1.x connection: the rest of the body was not read, so the connection
+/// cannot carry another request, and a client must not pool it.
+fn too_large_page(request_id: &str, http1: bool) -> Response<ResponseBody> {
+    let mut response = error_page(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        request_id,
+        "the request body is too large",
+    );
+    if http1 {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// A short plain-text error page that names the request id and nothing of the guest's internals.

@@ -129,11 +129,14 @@ impl Default for EngineConfig {
             max_instances: 1000,
             max_instance_memory: 128 << 20,
             pooling: true,
-            linear_memory_keep_resident: 0,
-            table_keep_resident: 0,
+            // Measured best on the hello component (docs/perf.md, loadtests/pool-experiment.sh):
+            // with PAGEMAP_SCAN only dirtied pages are reset, so keeping memory resident costs
+            // nothing for pages a guest never touched and saves madvise + TLB shootdowns.
+            linear_memory_keep_resident: 4 << 20,
+            table_keep_resident: 1 << 20,
             decommit_batch_size: 1,
             max_unused_warm_slots: None,
-            pagemap_scan: false,
+            pagemap_scan: true,
             epoch_tick: Duration::from_millis(10),
         }
     }

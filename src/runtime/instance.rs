@@ -6,7 +6,8 @@
 //! 2. creates a `Store` with fresh [`HostState`]: WASI, `wasi:http` with the route's outbound
 //!    policy, and a memory limiter;
 //! 3. instantiates the pre-instantiated component (`ProxyPre`) from the pooling allocator;
-//! 4. calls `wasi:http/incoming-handler.handle` in a task of its own, so the guest can keep
+//! 4. calls `wasi:http/incoming-handler.handle`, on the request's own task until the guest sets
+//!    its response, then (if it is not finished) in a task of its own, so the guest can keep
 //!    writing the response body after the headers went out.
 //!
 //! The store asks to be interrupted at every epoch tick and then yields to the executor, so a
@@ -25,6 +26,7 @@ use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule};
 use crate::capabilities::wasi::guest_context;
 use crate::metrics::{RejectReason, RouteMetrics, TrapKind};
 use bytes::Bytes;
+use futures::future::Either;
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::sync::Arc;
@@ -188,7 +190,7 @@ impl ComponentRoute {
         let (end_tx, mut end_rx) = watch::channel(GuestEnd::Running);
         let route = self.clone();
         let task_request_id = request_id.clone();
-        tokio::spawn(async move {
+        let guest = Box::pin(async move {
             let request_id = task_request_id;
             let _permit = permit;
             let run = async {
@@ -230,7 +232,19 @@ impl ComponentRoute {
             drop(store);
         });
 
-        match response_rx.await {
+        // Run the guest on this task until it sets its response: a guest that answers and
+        // returns at once (most of them) costs no task spawn and no cross-thread wake-up. If it
+        // still has work to do once the response is set (streaming its body), it goes on in a
+        // task of its own while this one hands the response to hyper.
+        let response = match futures::future::select(response_rx, guest).await {
+            Either::Left((response, unfinished)) => {
+                tokio::spawn(unfinished);
+                response
+            }
+            Either::Right(((), response_rx)) => response_rx.await,
+        };
+
+        match response {
             // A guest that failed right after it set its response: nothing has reached the
             // client yet, so it can still get a proper 500 rather than an aborted response.
             Ok(Ok(_)) if end_rx.borrow().failed() => Err(Failure::GuestFailed),
