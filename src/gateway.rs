@@ -10,6 +10,7 @@
 //! (503, 504, 500) ─► metrics and the access log.
 
 use crate::body::{LimitedBody, ResponseBody, full};
+use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::outbound_http::OutboundRule;
 use crate::config::{Config, RouteConfig};
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
@@ -54,6 +55,7 @@ impl Gateway {
         let (engine, allocator) = build_engine(&config.engine)?;
         let linker = linker(&engine)?;
         let cache_dir = config.cache_dir();
+        let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
 
         // Each distinct component file is loaded once, however many routes use it.
         let mut loaded: HashMap<PathBuf, Component> = HashMap::new();
@@ -75,8 +77,11 @@ impl Gateway {
             };
             let pre = pre_instantiate(&linker, &component)
                 .with_context(|| format!("{name}: component {}", path.display()))?;
-            let target =
-                component_route(config, route, pre, &metrics).with_context(|| name.clone())?;
+            let grants = stores
+                .grants(&route.keyvalue)
+                .with_context(|| name.clone())?;
+            let target = component_route(config, route, pre, grants, &metrics)
+                .with_context(|| name.clone())?;
             specs.push(RouteSpec {
                 host: route.host.clone(),
                 path: route.path.clone(),
@@ -288,8 +293,8 @@ fn pre_instantiate(
 ) -> anyhow::Result<ProxyPre<HostState>> {
     let pre = linker.instantiate_pre(component).map_err(|e| {
         anyhow::anyhow!(
-            "it imports something the gateway does not provide: {e:#} (wasmgate provides WASI 0.2 \
-             and wasi:http)"
+            "it imports something the gateway does not provide: {e:#} (wasmgate provides WASI 0.2, \
+             wasi:http and wasi:keyvalue 0.2.0-draft and -draft2)"
         )
     })?;
     ProxyPre::new(pre).map_err(|e| {
@@ -301,6 +306,7 @@ fn component_route(
     config: &Config,
     route: &RouteConfig,
     pre: ProxyPre<HostState>,
+    keyvalue: Grants,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<ComponentRoute> {
     let outbound = route
@@ -326,6 +332,7 @@ fn component_route(
             route.queue_size.unwrap_or(route.max_concurrency),
             route.queue_timeout,
         ),
+        keyvalue,
     };
     let metrics = metrics.route(&route.path);
     Ok(ComponentRoute::new(settings, pre, metrics))

@@ -24,6 +24,11 @@ const INSTANTIATION_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.1,
 ];
 
+const KEYVALUE_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 2.5,
+];
+
 /// The registry and every metric family.
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +39,8 @@ pub struct Metrics {
     admission_rejected: IntCounterVec,
     guest_traps: IntCounterVec,
     outbound_requests: IntCounterVec,
+    keyvalue_operations: IntCounterVec,
+    keyvalue_duration: HistogramVec,
 }
 
 /// Why admission control turned a request away.
@@ -140,6 +147,17 @@ impl Metrics {
                 "Outgoing HTTP requests from components, by allow-list outcome.",
                 &["route", "outcome"],
             ),
+            keyvalue_operations: counter(
+                "wasmgate_keyvalue_operations_total",
+                "Keyvalue operations by store, backend, operation and outcome (ok, invalid, error, denied).",
+                &["store", "backend", "op", "outcome"],
+            ),
+            keyvalue_duration: histogram(
+                "wasmgate_keyvalue_operation_duration_seconds",
+                "Time keyvalue backends take per operation.",
+                KEYVALUE_BUCKETS,
+                &["backend", "op"],
+            ),
             registry: registry.clone(),
         };
         let build_info = gauge(
@@ -202,6 +220,20 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    pub fn keyvalue_operation(&self, store: &str, backend: &str, op: &str, outcome: &str) {
+        self.keyvalue_operations
+            .with_label_values(&[store, backend, op, outcome])
+            .inc();
+    }
+
+    pub fn keyvalue_duration(&self, backend: &str, op: &str, seconds: f64) {
+        self.keyvalue_duration
+            .with_label_values(&[backend, op])
+            .observe(seconds);
+    }
+}
+
 /// One route's metric handles.
 pub struct RouteMetrics {
     pub route: Arc<str>,
@@ -234,6 +266,11 @@ impl RouteMetrics {
     pub fn observe_request(&self, method: &http::Method, status: u16, seconds: f64) {
         self.all
             .observe_request(&self.route, method, status, seconds);
+    }
+
+    /// The process's metrics, for capabilities that label by something other than the route.
+    pub fn all(&self) -> &Arc<Metrics> {
+        &self.all
     }
 }
 

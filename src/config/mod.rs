@@ -28,6 +28,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Named keyvalue stores (`[keyvalue.NAME]`); routes are granted stores by name.
+    #[serde(default)]
+    pub keyvalue: BTreeMap<String, KeyValueConfig>,
     /// The routes, in any order: matching picks the most specific one.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -142,6 +145,52 @@ impl Default for EngineConfig {
     }
 }
 
+/// Which backend a keyvalue store lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyValueBackend {
+    Memory,
+    Redb,
+    Redis,
+    Nats,
+}
+
+/// `[keyvalue.NAME]`: one named store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyValueConfig {
+    pub backend: KeyValueBackend,
+    /// redb: the database file (stores may share one).
+    pub path: Option<PathBuf>,
+    /// redis and nats: the server, e.g. `redis://127.0.0.1:6379`, `nats://127.0.0.1:4222`.
+    pub url: Option<String>,
+    /// redis: the key prefix, default `wasmgate:NAME`.
+    pub prefix: Option<String>,
+    /// nats: the JetStream key-value bucket, default NAME.
+    pub bucket: Option<String>,
+    /// nats: create the bucket if it does not exist.
+    #[serde(default = "default_true")]
+    pub create_bucket: bool,
+    /// The longest key a guest may use.
+    #[serde(default = "default_max_key_size", deserialize_with = "units::size")]
+    pub max_key_size: u64,
+    /// The largest value a guest may store.
+    #[serde(default = "default_max_value_size", deserialize_with = "units::size")]
+    pub max_value_size: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_key_size() -> u64 {
+    256
+}
+
+fn default_max_value_size() -> u64 {
+    1 << 20
+}
+
 /// One `[[route]]`: what requests it matches and the component that serves them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +210,9 @@ pub struct RouteConfig {
     /// `*.`, port may be `*`.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// The keyvalue stores the component may open.
+    #[serde(default)]
+    pub keyvalue: Vec<String>,
     /// Live instances of this route at once.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
@@ -261,6 +313,43 @@ impl Config {
         }
         if engine.epoch_tick.is_zero() {
             bail!("[engine] epoch_tick must be longer than zero");
+        }
+        for (name, store) in &self.keyvalue {
+            let needs = |what: &str, present: bool, applies: bool| -> anyhow::Result<()> {
+                if applies && !present {
+                    bail!(
+                        "[keyvalue.{name}]: a {:?} store needs `{what}`",
+                        store.backend
+                    );
+                }
+                if !applies && present {
+                    bail!(
+                        "[keyvalue.{name}]: `{what}` does not apply to a {:?} store",
+                        store.backend
+                    );
+                }
+                Ok(())
+            };
+            use KeyValueBackend::*;
+            needs("path", store.path.is_some(), store.backend == Redb)?;
+            needs(
+                "url",
+                store.url.is_some(),
+                matches!(store.backend, Redis | Nats),
+            )?;
+            needs(
+                "prefix",
+                store.prefix.is_some(),
+                store.backend == Redis && store.prefix.is_some(),
+            )?;
+            needs(
+                "bucket",
+                store.bucket.is_some(),
+                store.backend == Nats && store.bucket.is_some(),
+            )?;
+            if store.max_key_size == 0 || store.max_value_size == 0 {
+                bail!("[keyvalue.{name}]: max_key_size and max_value_size must be at least 1");
+            }
         }
         for (index, route) in self.routes.iter().enumerate() {
             let name = route.describe(index);

@@ -22,9 +22,10 @@
 use super::admission::Admission;
 use super::response::{GuestBody, GuestEnd};
 use crate::body::ResponseBody;
+use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule};
 use crate::capabilities::wasi::guest_context;
-use crate::metrics::{RejectReason, RouteMetrics, TrapKind};
+use crate::metrics::{Metrics, RejectReason, RouteMetrics, TrapKind};
 use bytes::Bytes;
 use futures::future::Either;
 use http_body::Body;
@@ -51,6 +52,18 @@ pub struct HostState {
     table: ResourceTable,
     outbound: OutboundPolicy,
     limiter: MemoryLimiter,
+    keyvalue: Grants,
+    metrics: Arc<Metrics>,
+}
+
+impl HostState {
+    fn keyvalue(&mut self) -> KeyValueView<'_> {
+        KeyValueView {
+            table: &mut self.table,
+            grants: &self.keyvalue,
+            metrics: &self.metrics,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -101,11 +114,14 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// The linker every component is instantiated against: WASI 0.2 and `wasi:http`.
+/// The linker every component is instantiated against: WASI 0.2, `wasi:http`, and both
+/// versions of `wasi:keyvalue`.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    keyvalue::draft::add_to_linker(&mut linker, HostState::keyvalue)?;
+    keyvalue::draft2::add_to_linker(&mut linker, HostState::keyvalue)?;
     Ok(linker)
 }
 
@@ -130,6 +146,7 @@ pub struct RouteSettings {
     pub timeout: Duration,
     pub max_memory: usize,
     pub admission: Admission,
+    pub keyvalue: Grants,
 }
 
 /// A route served by a component.
@@ -302,6 +319,8 @@ impl ComponentRoute {
                 max_memory: settings.max_memory,
                 refused: false,
             },
+            keyvalue: settings.keyvalue.clone(),
+            metrics: self.metrics.all().clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);

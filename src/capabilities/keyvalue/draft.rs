@@ -1,0 +1,195 @@
+//! `wasi:keyvalue@0.2.0-draft` (store, atomics, batch): the version wasmCloud's and wasmtime's
+//! components import. Its `list-keys` cursor is a `u64`; the gateway hands out numbers that stand
+//! for string cursors kept in the bucket resource, so paging is exact here too.
+
+use super::{Bucket, Grants, KvError, open};
+use crate::metrics::Metrics;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit/deps/keyvalue-0.2.0-draft",
+        world: "wasi:keyvalue/imports",
+        imports: { default: async | trappable },
+        with: { "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::Bucket },
+    });
+}
+
+use bindings::wasi::keyvalue::{atomics, batch, store};
+
+/// What the host functions see of a request's store.
+pub struct KeyValueView<'a> {
+    pub table: &'a mut ResourceTable,
+    pub grants: &'a Grants,
+    pub metrics: &'a Metrics,
+}
+
+struct Draft;
+
+impl HasData for Draft {
+    type Data<'a> = KeyValueView<'a>;
+}
+
+/// Adds the 0.2.0-draft interfaces to a linker.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> KeyValueView<'_>,
+) -> anyhow::Result<()> {
+    store::add_to_linker::<T, Draft>(linker, view)?;
+    atomics::add_to_linker::<T, Draft>(linker, view)?;
+    batch::add_to_linker::<T, Draft>(linker, view)?;
+    Ok(())
+}
+
+fn error(e: KvError) -> store::Error {
+    match e {
+        KvError::AccessDenied => store::Error::AccessDenied,
+        KvError::Other(text) => store::Error::Other(text),
+    }
+}
+
+type Result<T> = wasmtime::Result<std::result::Result<T, store::Error>>;
+
+impl KeyValueView<'_> {
+    fn bucket(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<&Bucket> {
+        Ok(self.table.get(bucket)?)
+    }
+}
+
+impl store::Host for KeyValueView<'_> {
+    async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>> {
+        match open(self.grants, &identifier, self.metrics) {
+            Ok(store) => Ok(Ok(self.table.push(Bucket {
+                store,
+                cursors: Vec::new(),
+            })?)),
+            Err(e) => Ok(Err(error(e))),
+        }
+    }
+}
+
+impl store::HostBucket for KeyValueView<'_> {
+    async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>> {
+        let store = self.bucket(&bucket)?.store.clone();
+        Ok(store.get(&key).await.map_err(error))
+    }
+
+    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<()> {
+        let store = self.bucket(&bucket)?.store.clone();
+        Ok(store.set(&key, &value).await.map_err(error))
+    }
+
+    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<()> {
+        let store = self.bucket(&bucket)?.store.clone();
+        Ok(store.delete(&key).await.map_err(error))
+    }
+
+    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool> {
+        let store = self.bucket(&bucket)?.store.clone();
+        Ok(store.exists(&key).await.map_err(error))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<u64>,
+    ) -> Result<store::KeyResponse> {
+        let open = self.bucket(&bucket)?;
+        let store = open.store.clone();
+        let after = match cursor {
+            None => None,
+            Some(n) => match usize::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|i| open.cursors.get(i))
+            {
+                Some(after) => Some(after.clone()),
+                None => return Ok(Err(store::Error::Other(format!("unknown cursor {n}")))),
+            },
+        };
+        let page = match store.list_keys(after.as_deref()).await {
+            Ok(page) => page,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        let cursor = match page.cursor {
+            Some(next) => {
+                let open = self.table.get_mut(&bucket)?;
+                open.cursors.push(next);
+                Some(open.cursors.len() as u64)
+            }
+            None => None,
+        };
+        Ok(Ok(store::KeyResponse {
+            keys: page.keys,
+            cursor,
+        }))
+    }
+
+    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KeyValueView<'_> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: u64,
+    ) -> Result<u64> {
+        let store = self.bucket(&bucket)?.store.clone();
+        let Ok(delta) = i64::try_from(delta) else {
+            return Ok(Err(store::Error::Other(
+                "the delta is larger than a 64-bit signed counter".into(),
+            )));
+        };
+        Ok(match store.increment(&key, delta).await {
+            Ok(value) => u64::try_from(value)
+                .map_err(|_| store::Error::Other("the counter is negative".into())),
+            Err(e) => Err(error(e)),
+        })
+    }
+}
+
+impl batch::Host for KeyValueView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>> {
+        let store = self.bucket(&bucket)?.store.clone();
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            match store.get(&key).await {
+                Ok(value) => values.push(value.map(|v| (key, v))),
+                Err(e) => return Ok(Err(error(e))),
+            }
+        }
+        Ok(Ok(values))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        let store = self.bucket(&bucket)?.store.clone();
+        for (key, value) in key_values {
+            if let Err(e) = store.set(&key, &value).await {
+                return Ok(Err(error(e)));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<()> {
+        let store = self.bucket(&bucket)?.store.clone();
+        for key in keys {
+            if let Err(e) = store.delete(&key).await {
+                return Ok(Err(error(e)));
+            }
+        }
+        Ok(Ok(()))
+    }
+}

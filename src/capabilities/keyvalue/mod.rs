@@ -1,0 +1,270 @@
+//! `wasi:keyvalue` for components, from stores the operator configures.
+//!
+//! `[keyvalue.NAME]` tables define named stores, each on a backend ([`memory`], [`redb`],
+//! [`redis`], [`nats`]); a route lists the stores it may open. Everything a guest can do goes
+//! through a [`Store`], which enforces the key and value size limits, counts and times every
+//! operation (`wasmgate_keyvalue_operations_total`, `wasmgate_keyvalue_operation_duration_seconds`)
+//! and logs backend failures; the backends only store.
+//!
+//! Two versions of the interface are served on the same stores, so components built for either
+//! platform run unchanged: `wasi:keyvalue@0.2.0-draft` ([`draft`], what wasmCloud's and
+//! wasmtime's components import) and `@0.2.0-draft2` ([`draft2`], what Spin's import).
+
+pub mod backend;
+pub mod draft;
+pub mod draft2;
+pub mod memory;
+pub mod nats;
+pub mod redb;
+pub mod redis;
+
+use self::backend::{Backend, BackendError, KeyPage};
+use crate::config::{KeyValueBackend, KeyValueConfig};
+use crate::metrics::Metrics;
+use anyhow::{Context, bail};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Keys a `list-keys` page holds at most.
+pub const PAGE_SIZE: usize = 1000;
+
+/// What a guest's keyvalue call can fail with, before it is put in a version's error type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvError {
+    AccessDenied,
+    Other(String),
+}
+
+impl From<BackendError> for KvError {
+    fn from(e: BackendError) -> KvError {
+        KvError::Other(e.to_string())
+    }
+}
+
+/// A named store: a backend, its limits and its metrics.
+pub struct Store {
+    name: Arc<str>,
+    backend: Arc<dyn Backend>,
+    max_key_size: usize,
+    max_value_size: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// The stores a route may open, by name. Cheap to clone into each request.
+pub type Grants = Arc<HashMap<String, Arc<Store>>>;
+
+/// Every configured store.
+#[derive(Default)]
+pub struct Stores {
+    stores: BTreeMap<String, Arc<Store>>,
+}
+
+impl Stores {
+    /// Builds the stores of the config. Remote backends connect on first use, so a gateway
+    /// starts even while Redis or NATS is down.
+    pub fn build(
+        config: &BTreeMap<String, KeyValueConfig>,
+        resolve: impl Fn(&std::path::Path) -> PathBuf,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Stores> {
+        let mut redb_files: HashMap<PathBuf, Arc<::redb::Database>> = HashMap::new();
+        let mut stores = BTreeMap::new();
+        for (name, store) in config {
+            let context = || format!("[keyvalue.{name}]");
+            let backend: Arc<dyn Backend> = match store.backend {
+                KeyValueBackend::Memory => Arc::new(memory::MemoryBackend::new()),
+                KeyValueBackend::Redb => {
+                    let path = resolve(
+                        store
+                            .path
+                            .as_deref()
+                            .context("a redb store needs `path`")
+                            .with_context(context)?,
+                    );
+                    let db = match redb_files.get(&path) {
+                        Some(db) => db.clone(),
+                        None => {
+                            let db = redb::open_database(&path).with_context(context)?;
+                            redb_files.insert(path.clone(), db.clone());
+                            db
+                        }
+                    };
+                    Arc::new(redb::RedbBackend::new(db, name).with_context(context)?)
+                }
+                KeyValueBackend::Redis => {
+                    let url = store
+                        .url
+                        .as_deref()
+                        .context("a redis store needs `url`")
+                        .with_context(context)?;
+                    let prefix = store
+                        .prefix
+                        .clone()
+                        .unwrap_or_else(|| format!("wasmgate:{name}"));
+                    Arc::new(redis::RedisBackend::new(url, &prefix).with_context(context)?)
+                }
+                KeyValueBackend::Nats => {
+                    let url = store
+                        .url
+                        .as_deref()
+                        .context("a nats store needs `url`")
+                        .with_context(context)?;
+                    let bucket = store.bucket.clone().unwrap_or_else(|| name.clone());
+                    Arc::new(nats::NatsBackend::new(url, &bucket, store.create_bucket))
+                }
+            };
+            let store = Store {
+                name: name.as_str().into(),
+                backend,
+                max_key_size: usize::try_from(store.max_key_size).unwrap_or(usize::MAX),
+                max_value_size: usize::try_from(store.max_value_size).unwrap_or(usize::MAX),
+                metrics: metrics.clone(),
+            };
+            stores.insert(name.clone(), Arc::new(store));
+        }
+        Ok(Stores { stores })
+    }
+
+    /// The grants of a route that lists `names`; an undefined name is an error.
+    pub fn grants(&self, names: &[String]) -> anyhow::Result<Grants> {
+        let mut grants = HashMap::new();
+        for name in names {
+            let Some(store) = self.stores.get(name) else {
+                let defined: Vec<_> = self.stores.keys().map(String::as_str).collect();
+                bail!(
+                    "keyvalue store `{name}` is not defined (add a [keyvalue.{name}] table; defined: {})",
+                    if defined.is_empty() {
+                        "none".to_string()
+                    } else {
+                        defined.join(", ")
+                    }
+                );
+            };
+            grants.insert(name.clone(), store.clone());
+        }
+        Ok(Arc::new(grants))
+    }
+}
+
+/// Opens a store for a guest: only stores granted to the route.
+pub fn open(grants: &Grants, name: &str, metrics: &Metrics) -> Result<Arc<Store>, KvError> {
+    match grants.get(name) {
+        Some(store) => Ok(store.clone()),
+        None => {
+            metrics.keyvalue_operation(name, "none", "open", "denied");
+            Err(KvError::AccessDenied)
+        }
+    }
+}
+
+impl Store {
+    fn check_key(&self, key: &str) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::Other("the key must not be empty".into()));
+        }
+        if key.len() > self.max_key_size {
+            return Err(KvError::Other(format!(
+                "the key is {} bytes, more than the store's limit of {} bytes",
+                key.len(),
+                self.max_key_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.max_value_size {
+            return Err(KvError::Other(format!(
+                "the value is {} bytes, more than the store's limit of {} bytes",
+                value.len(),
+                self.max_value_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a backend operation with its metrics and logging.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, KvError> {
+        let started = Instant::now();
+        let result = f.await;
+        let kind = self.backend.kind();
+        self.metrics
+            .keyvalue_duration(kind, op, started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(BackendError::Invalid(_)) => "invalid",
+            Err(BackendError::Unavailable(e)) => {
+                tracing::warn!(store = %self.name, backend = kind, op, error = %e, "keyvalue backend failed");
+                "error"
+            }
+        };
+        self.metrics
+            .keyvalue_operation(&self.name, kind, op, outcome);
+        result.map_err(KvError::from)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.check_key(key)?;
+        self.run("get", self.backend.get(key)).await
+    }
+
+    pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        self.run("set", self.backend.set(key, value)).await
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.check_key(key)?;
+        self.run("delete", self.backend.delete(key)).await
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, KvError> {
+        self.check_key(key)?;
+        self.run("exists", self.backend.exists(key)).await
+    }
+
+    pub async fn list_keys(&self, cursor: Option<&str>) -> Result<KeyPage, KvError> {
+        self.run("list_keys", self.backend.list_keys(cursor, PAGE_SIZE))
+            .await
+    }
+
+    pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.check_key(key)?;
+        self.run("increment", self.backend.increment(key, delta))
+            .await
+    }
+
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        self.check_key(key)?;
+        self.check_value(new)?;
+        self.run(
+            "compare_and_swap",
+            self.backend.compare_and_swap(key, expected, new),
+        )
+        .await
+    }
+
+    /// The backend, for the conformance tests.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+}
+
+/// A `bucket` resource: an open store, plus the string cursors handed out as numbers to
+/// 0.2.0-draft guests (whose cursors are `u64`).
+pub struct Bucket {
+    pub store: Arc<Store>,
+    pub cursors: Vec<String>,
+}

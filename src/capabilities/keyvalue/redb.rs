@@ -1,0 +1,187 @@
+//! The `redb` backend: an embedded, durable file, the default for one machine.
+//!
+//! Every store is a table in a redb database file; stores configured with the same `path` share
+//! the file (a file can be opened only once per process). Each write is one write transaction,
+//! committed durably before the guest's call returns, so data survives a crash or restart, and an
+//! increment or compare-and-swap is atomic because redb serializes write transactions. redb is
+//! blocking, so every operation runs on tokio's blocking pool.
+
+use super::backend::{
+    Backend, BackendError, KeyPage, add_counter, page_from_sorted, parse_counter,
+};
+use anyhow::Context;
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct RedbBackend {
+    db: Arc<Database>,
+    table: Arc<str>,
+}
+
+/// Opens (or creates) a database file.
+pub fn open_database(path: &Path) -> anyhow::Result<Arc<Database>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    let db = Database::create(path)
+        .with_context(|| format!("cannot open redb file {}", path.display()))?;
+    Ok(Arc::new(db))
+}
+
+fn storage(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("redb: {e}"))
+}
+
+impl RedbBackend {
+    /// The store `name` in `db`; creates its table so reads of an empty store work.
+    pub fn new(db: Arc<Database>, name: &str) -> anyhow::Result<RedbBackend> {
+        let table: Arc<str> = format!("kv:{name}").into();
+        let txn = db
+            .begin_write()
+            .context("cannot start a redb transaction")?;
+        txn.open_table(TableDefinition::<&str, &[u8]>::new(&table))
+            .context("cannot create the store's table")?;
+        txn.commit().context("cannot commit to redb")?;
+        Ok(RedbBackend { db, table })
+    }
+
+    /// Runs a read on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<&str, &[u8]>) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let (db, table) = (self.db.clone(), self.table.clone());
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn
+                .open_table(TableDefinition::<&str, &[u8]>::new(&table))
+                .map_err(storage)?;
+            f(&table)
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    /// Runs a write transaction on the blocking pool and commits it if `f` succeeds.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let (db, table) = (self.db.clone(), self.table.clone());
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(storage)?;
+            let result = {
+                let mut table = txn
+                    .open_table(TableDefinition::<&str, &[u8]>::new(&table))
+                    .map_err(storage)?;
+                f(&mut table)?
+            };
+            txn.commit().map_err(storage)?;
+            Ok(result)
+        })
+        .await
+        .map_err(storage)?
+    }
+}
+
+#[async_trait]
+impl Backend for RedbBackend {
+    fn kind(&self) -> &'static str {
+        "redb"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let key = key.to_string();
+        self.read(move |t| {
+            Ok(t.get(key.as_str())
+                .map_err(storage)?
+                .map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), BackendError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.write(move |t| {
+            t.insert(key.as_str(), value.as_slice()).map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BackendError> {
+        let key = key.to_string();
+        self.write(move |t| {
+            t.remove(key.as_str()).map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, BackendError> {
+        let key = key.to_string();
+        self.read(move |t| Ok(t.get(key.as_str()).map_err(storage)?.is_some()))
+            .await
+    }
+
+    async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage, BackendError> {
+        let cursor = cursor.map(str::to_string);
+        self.read(move |t| {
+            let start = match &cursor {
+                Some(c) => Bound::Excluded(c.as_str()),
+                None => Bound::Unbounded,
+            };
+            let mut keys = Vec::new();
+            for entry in t
+                .range::<&str>((start, Bound::Unbounded))
+                .map_err(storage)?
+                .take(limit + 1)
+            {
+                let (key, _) = entry.map_err(storage)?;
+                keys.push(key.value().to_string());
+            }
+            Ok(page_from_sorted(keys, limit))
+        })
+        .await
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
+        let key = key.to_string();
+        self.write(move |t| {
+            let current = match t.get(key.as_str()).map_err(storage)? {
+                Some(v) => parse_counter(v.value())?,
+                None => 0,
+            };
+            let next = add_counter(current, delta)?;
+            t.insert(key.as_str(), next.to_string().as_bytes())
+                .map_err(storage)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, BackendError> {
+        let (key, expected, new) = (key.to_string(), expected.map(<[u8]>::to_vec), new.to_vec());
+        self.write(move |t| {
+            let current = t
+                .get(key.as_str())
+                .map_err(storage)?
+                .map(|v| v.value().to_vec());
+            if current != expected {
+                return Ok(false);
+            }
+            t.insert(key.as_str(), new.as_slice()).map_err(storage)?;
+            Ok(true)
+        })
+        .await
+    }
+}

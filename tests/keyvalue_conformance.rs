@@ -1,0 +1,467 @@
+//! One conformance suite for every keyvalue backend: memory, redb, and real Redis and NATS
+//! JetStream (127.0.0.1:6379 and :4222, which the machine runs; the tests fail, not skip, if they
+//! are missing). Each run uses its own Redis prefix and NATS bucket, so runs never collide.
+
+use std::sync::Arc;
+use std::time::Duration;
+use wasmgate::capabilities::keyvalue::backend::{Backend, BackendError};
+use wasmgate::capabilities::keyvalue::memory::MemoryBackend;
+use wasmgate::capabilities::keyvalue::nats::NatsBackend;
+use wasmgate::capabilities::keyvalue::redb::{RedbBackend, open_database};
+use wasmgate::capabilities::keyvalue::redis::RedisBackend;
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const NATS: &str = "nats://127.0.0.1:4222";
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A backend under test, and what to clean up afterwards.
+struct Subject {
+    backend: Arc<dyn Backend>,
+    _dir: Option<tempfile::TempDir>,
+    nats_bucket: Option<String>,
+}
+
+impl Subject {
+    async fn cleanup(self) {
+        if let Some(bucket) = self.nats_bucket
+            && let Ok(client) = async_nats::connect(NATS).await
+        {
+            let _ = async_nats::jetstream::new(client)
+                .delete_key_value(bucket)
+                .await;
+        }
+    }
+}
+
+async fn subject(kind: &str) -> Subject {
+    match kind {
+        "memory" => Subject {
+            backend: Arc::new(MemoryBackend::new()),
+            _dir: None,
+            nats_bucket: None,
+        },
+        "redb" => {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open_database(&dir.path().join("kv.redb")).unwrap();
+            Subject {
+                backend: Arc::new(RedbBackend::new(db, "test").unwrap()),
+                _dir: Some(dir),
+                nats_bucket: None,
+            }
+        }
+        "redis" => {
+            let backend = RedisBackend::new(REDIS, &unique("wasmgate-test:")).unwrap();
+            backend
+                .exists("probe")
+                .await
+                .expect("Redis must run on 127.0.0.1:6379 (CI starts it)");
+            Subject {
+                backend: Arc::new(backend),
+                _dir: None,
+                nats_bucket: None,
+            }
+        }
+        "nats" => {
+            let bucket = unique("wasmgate_test_");
+            let backend = NatsBackend::new(NATS, &bucket, true);
+            backend
+                .exists("probe")
+                .await
+                .expect("NATS with JetStream must run on 127.0.0.1:4222 (CI starts it)");
+            Subject {
+                backend: Arc::new(backend),
+                _dir: None,
+                nats_bucket: Some(bucket),
+            }
+        }
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+/// Runs `check` against every backend; the failure names the backend.
+macro_rules! conformance {
+    ($name:ident, $check:expr) => {
+        mod $name {
+            use super::*;
+            async fn run(kind: &str) {
+                let subject = subject(kind).await;
+                let check = $check;
+                check(subject.backend.clone()).await;
+                subject.cleanup().await;
+            }
+            #[tokio::test]
+            async fn memory() {
+                run("memory").await
+            }
+            #[tokio::test]
+            async fn redb() {
+                run("redb").await
+            }
+            #[tokio::test]
+            async fn redis() {
+                run("redis").await
+            }
+            #[tokio::test]
+            async fn nats() {
+                run("nats").await
+            }
+        }
+    };
+}
+
+conformance!(get_set_delete_exists, |kv: Arc<dyn Backend>| async move {
+    assert_eq!(
+        kv.get("missing").await.unwrap(),
+        None,
+        "a missing key is none"
+    );
+    assert!(!kv.exists("missing").await.unwrap());
+    kv.delete("missing")
+        .await
+        .expect("deleting a missing key succeeds");
+
+    kv.set("greeting", b"hello").await.unwrap();
+    assert_eq!(
+        kv.get("greeting").await.unwrap().as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert!(kv.exists("greeting").await.unwrap());
+    kv.set("greeting", b"bonjour").await.unwrap();
+    assert_eq!(
+        kv.get("greeting").await.unwrap().as_deref(),
+        Some(&b"bonjour"[..]),
+        "set overwrites"
+    );
+
+    // Keys and values of every kind round-trip.
+    let odd_key = "a key/with:odd.chars=and ünïcode";
+    let binary: Vec<u8> = (0..=255).collect();
+    kv.set(odd_key, &binary).await.unwrap();
+    assert_eq!(kv.get(odd_key).await.unwrap(), Some(binary));
+    kv.set("empty-value", b"").await.unwrap();
+    assert_eq!(kv.get("empty-value").await.unwrap(), Some(vec![]));
+
+    kv.delete("greeting").await.unwrap();
+    assert_eq!(kv.get("greeting").await.unwrap(), None);
+    assert!(!kv.exists("greeting").await.unwrap());
+});
+
+conformance!(list_keys_pages_every_key_exactly_once, |kv: Arc<
+    dyn Backend,
+>| async move {
+    let empty = kv.list_keys(None, 10).await.unwrap();
+    assert!(empty.keys.is_empty() && empty.cursor.is_none());
+
+    let mut expected: Vec<String> = (0..23).map(|i| format!("key-{i:03}")).collect();
+    expected.push("z/last.key".into());
+    for key in &expected {
+        kv.set(key, b"v").await.unwrap();
+    }
+    kv.set("deleted", b"v").await.unwrap();
+    kv.delete("deleted").await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = kv.list_keys(cursor.as_deref(), 5).await.unwrap();
+        assert!(page.keys.len() <= 5);
+        seen.extend(page.keys);
+        pages += 1;
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(pages < 100, "the cursor never ends");
+    }
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "every key exactly once, in order, without deleted ones"
+    );
+    assert_eq!(pages, 5);
+});
+
+conformance!(increment_is_atomic_and_counts_from_zero, |kv: Arc<
+    dyn Backend,
+>| async move {
+    assert_eq!(
+        kv.increment("counter", 5).await.unwrap(),
+        5,
+        "an absent counter starts at 0"
+    );
+    assert_eq!(kv.increment("counter", -2).await.unwrap(), 3);
+    assert_eq!(
+        kv.get("counter").await.unwrap().as_deref(),
+        Some(&b"3"[..]),
+        "stored as decimal text"
+    );
+
+    kv.set("text", b"not a number").await.unwrap();
+    assert!(matches!(
+        kv.increment("text", 1).await,
+        Err(BackendError::Invalid(_))
+    ));
+    assert_eq!(
+        kv.get("text").await.unwrap().as_deref(),
+        Some(&b"not a number"[..])
+    );
+
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let kv = kv.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    kv.increment("race", 1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        kv.get("race").await.unwrap().as_deref(),
+        Some(&b"1000"[..]),
+        "no increment lost"
+    );
+});
+
+conformance!(
+    compare_and_swap_fails_cleanly_when_the_value_changed,
+    |kv: Arc<dyn Backend>| async move {
+        assert!(
+            kv.compare_and_swap("cas", None, b"one").await.unwrap(),
+            "absent as expected"
+        );
+        assert!(
+            !kv.compare_and_swap("cas", None, b"two").await.unwrap(),
+            "no longer absent"
+        );
+        assert_eq!(kv.get("cas").await.unwrap().as_deref(), Some(&b"one"[..]));
+        assert!(
+            kv.compare_and_swap("cas", Some(b"one"), b"two")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.compare_and_swap("cas", Some(b"one"), b"three")
+                .await
+                .unwrap(),
+            "stale expectation"
+        );
+        assert_eq!(
+            kv.get("cas").await.unwrap().as_deref(),
+            Some(&b"two"[..]),
+            "a failed swap changes nothing"
+        );
+        kv.delete("cas").await.unwrap();
+        assert!(
+            kv.compare_and_swap("cas", None, b"again").await.unwrap(),
+            "deleted counts as absent"
+        );
+
+        // Concurrent read-modify-write loops with CAS lose no update either.
+        kv.set("cas-counter", b"0").await.unwrap();
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let kv = kv.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        loop {
+                            let current = kv.get("cas-counter").await.unwrap().unwrap();
+                            let n: u64 = std::str::from_utf8(&current).unwrap().parse().unwrap();
+                            if kv
+                                .compare_and_swap(
+                                    "cas-counter",
+                                    Some(&current),
+                                    (n + 1).to_string().as_bytes(),
+                                )
+                                .await
+                                .unwrap()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            kv.get("cas-counter").await.unwrap().as_deref(),
+            Some(&b"100"[..])
+        );
+    }
+);
+
+/// Two independent clients of the same shared store (as two gateway processes would be) see
+/// each other's writes and count together.
+#[tokio::test]
+async fn redis_and_nats_clients_share_state() {
+    let prefix = unique("wasmgate-test:");
+    let a = RedisBackend::new(REDIS, &prefix).unwrap();
+    let b = RedisBackend::new(REDIS, &prefix).unwrap();
+    a.set("shared", b"from a")
+        .await
+        .expect("Redis must run on 127.0.0.1:6379");
+    assert_eq!(
+        b.get("shared").await.unwrap().as_deref(),
+        Some(&b"from a"[..])
+    );
+
+    let bucket = unique("wasmgate_test_");
+    let a = NatsBackend::new(NATS, &bucket, true);
+    let b = NatsBackend::new(NATS, &bucket, true);
+    a.set("shared", b"from a")
+        .await
+        .expect("NATS must run on 127.0.0.1:4222");
+    assert_eq!(
+        b.get("shared").await.unwrap().as_deref(),
+        Some(&b"from a"[..])
+    );
+    let client = async_nats::connect(NATS).await.unwrap();
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(bucket)
+        .await;
+}
+
+#[tokio::test]
+async fn redb_keeps_data_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    {
+        let kv = RedbBackend::new(open_database(&path).unwrap(), "durable").unwrap();
+        kv.set("kept", b"yes").await.unwrap();
+        kv.increment("n", 7).await.unwrap();
+    }
+    let kv = RedbBackend::new(open_database(&path).unwrap(), "durable").unwrap();
+    assert_eq!(kv.get("kept").await.unwrap().as_deref(), Some(&b"yes"[..]));
+    assert_eq!(kv.increment("n", 1).await.unwrap(), 8);
+    // Stores sharing a file are separate tables.
+    let other = RedbBackend::new(
+        open_database(&dir.path().join("other.redb")).unwrap(),
+        "durable",
+    )
+    .unwrap();
+    assert_eq!(other.get("kept").await.unwrap(), None);
+}
+
+/// A TCP proxy the test can cut and restore, standing in for a network partition.
+struct Proxy {
+    port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: &'static str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let (o, c) = (open.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !o.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().unwrap().push(task);
+            }
+        });
+        Proxy {
+            port,
+            open,
+            connections,
+        }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// While the service is unreachable the backend returns `Unavailable` promptly (the guest gets
+/// an error it can handle), and once it is reachable again the backend recovers by itself.
+async fn survives_an_outage(backend: Arc<dyn Backend>, proxy: &Proxy) {
+    backend
+        .set("k", b"before")
+        .await
+        .expect("works through the proxy");
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let mut saw_error = false;
+    for _ in 0..3 {
+        match backend.get("k").await {
+            Err(BackendError::Unavailable(_)) => saw_error = true,
+            Err(other) => panic!("expected Unavailable, got {other:?}"),
+            Ok(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_error, "the outage was noticed");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "errors come back promptly, not after a hang"
+    );
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match backend.get("k").await {
+            Ok(Some(value)) => {
+                assert_eq!(value, b"before");
+                break;
+            }
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "did not recover: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_recovers_after_an_outage() {
+    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let backend = RedisBackend::new(
+        &format!("redis://127.0.0.1:{}", proxy.port),
+        &unique("wasmgate-test:"),
+    )
+    .unwrap();
+    survives_an_outage(Arc::new(backend), &proxy).await;
+}
+
+#[tokio::test]
+async fn nats_recovers_after_an_outage() {
+    let proxy = Proxy::start("127.0.0.1:4222").await;
+    let bucket = unique("wasmgate_test_");
+    let backend = NatsBackend::new(&format!("nats://127.0.0.1:{}", proxy.port), &bucket, true);
+    survives_an_outage(Arc::new(backend), &proxy).await;
+    let client = async_nats::connect(NATS).await.unwrap();
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(bucket)
+        .await;
+}
