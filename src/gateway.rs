@@ -10,7 +10,9 @@
 //! (503, 504, 500) ─► metrics and the access log.
 
 use crate::body::{LimitedBody, ResponseBody, full};
+use crate::capabilities::config_store;
 use crate::capabilities::keyvalue::{Grants, Stores};
+use crate::capabilities::logging::LogBudget;
 use crate::capabilities::outbound_http::OutboundRule;
 use crate::config::{Config, RouteConfig};
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
@@ -294,7 +296,8 @@ fn pre_instantiate(
     let pre = linker.instantiate_pre(component).map_err(|e| {
         anyhow::anyhow!(
             "it imports something the gateway does not provide: {e:#} (wasmgate provides WASI 0.2, \
-             wasi:http and wasi:keyvalue 0.2.0-draft and -draft2)"
+             wasi:http, wasi:keyvalue 0.2.0-draft and -draft2, wasi:logging 0.1.0-draft and \
+             wasi:config 0.2.0-draft)"
         )
     })?;
     ProxyPre::new(pre).map_err(|e| {
@@ -333,6 +336,11 @@ fn component_route(
             route.queue_timeout,
         ),
         keyvalue,
+        config: config_store::resolve(&route.config, |name| std::env::var(name).ok())?,
+        log_budget: LogBudget::new(
+            config.logging.max_guest_messages,
+            config.logging.max_guest_bytes,
+        ),
     };
     let metrics = metrics.route(&route.path);
     Ok(ComponentRoute::new(settings, pre, metrics))

@@ -14,9 +14,9 @@ use wasmgate::metrics::Metrics;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format on stdout.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Log format on stdout; overrides `[logging] format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -48,10 +48,9 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
-        Command::Check { config } => check(config),
+        Command::Serve { config } => serve(config, cli.log_format),
+        Command::Check { config } => check(config, cli.log_format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,8 +61,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(path: PathBuf) -> anyhow::Result<()> {
+fn serve(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    init_logging(&config, format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,8 +71,9 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(wasmgate::server::run(config))
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+fn check(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    init_logging(&config, format);
     let gateway = Gateway::build(&config, Metrics::new())?;
     println!(
         "{}: OK, {} routes, {} components",
@@ -83,8 +84,15 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stdout, in the format the CLI or `[logging]` asks for, filtered by `RUST_LOG` or else
+/// `[logging] level`.
+fn init_logging(config: &Config, format: Option<LogFormat>) {
+    let format = format.unwrap_or(match config.logging.format {
+        wasmgate::config::LogFormat::Text => LogFormat::Text,
+        wasmgate::config::LogFormat::Json => LogFormat::Json,
+    });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.logging.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -41,6 +41,7 @@ pub struct Metrics {
     outbound_requests: IntCounterVec,
     keyvalue_operations: IntCounterVec,
     keyvalue_duration: HistogramVec,
+    guest_log_messages: IntCounterVec,
 }
 
 /// Why admission control turned a request away.
@@ -158,6 +159,11 @@ impl Metrics {
                 KEYVALUE_BUCKETS,
                 &["backend", "op"],
             ),
+            guest_log_messages: counter(
+                "wasmgate_guest_log_messages_total",
+                "Messages components logged through wasi:logging, by level and outcome (logged, dropped).",
+                &["route", "level", "outcome"],
+            ),
             registry: registry.clone(),
         };
         let build_info = gauge(
@@ -224,6 +230,12 @@ impl Metrics {
     pub fn keyvalue_operation(&self, store: &str, backend: &str, op: &str, outcome: &str) {
         self.keyvalue_operations
             .with_label_values(&[store, backend, op, outcome])
+            .inc();
+    }
+
+    pub fn guest_log(&self, route: &str, level: &str, outcome: &str) {
+        self.guest_log_messages
+            .with_label_values(&[route, level, outcome])
             .inc();
     }
 

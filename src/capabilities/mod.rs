@@ -1,5 +1,7 @@
 //! What components can import, beyond computing: each capability is one module.
+pub mod config_store;
 pub mod keyvalue;
+pub mod logging;
 pub mod outbound_http;
 pub mod stdio;
 pub mod wasi;

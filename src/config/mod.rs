@@ -28,6 +28,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
     /// Named keyvalue stores (`[keyvalue.NAME]`); routes are granted stores by name.
     #[serde(default)]
     pub keyvalue: BTreeMap<String, KeyValueConfig>,
@@ -91,6 +93,41 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[logging]`: the gateway's log output, and what one request's guest may log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `"info"` or `"info,wasmgate::access=debug"`; `RUST_LOG`, when
+    /// set, takes precedence.
+    pub level: String,
+    /// Messages one request's component may log through `wasi:logging`; more are dropped.
+    pub max_guest_messages: u32,
+    /// Bytes (context and message) one request's component may log; more are dropped.
+    #[serde(deserialize_with = "units::size")]
+    pub max_guest_bytes: u64,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+            max_guest_messages: 100,
+            max_guest_bytes: 64 << 10,
         }
     }
 }
@@ -213,6 +250,9 @@ pub struct RouteConfig {
     /// The keyvalue stores the component may open.
     #[serde(default)]
     pub keyvalue: Vec<String>,
+    /// Values the component reads through `wasi:config`; `${NAME}` is the gateway's env var.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
     /// Live instances of this route at once.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
@@ -303,6 +343,12 @@ impl Config {
         }
         if server.max_concurrent_streams == 0 {
             bail!("[server] max_concurrent_streams must be at least 1");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+            bail!(
+                "[logging] level `{}` is not a valid log filter: {e}",
+                self.logging.level
+            );
         }
         let engine = &self.engine;
         if engine.max_instances == 0 {

@@ -22,7 +22,9 @@
 use super::admission::Admission;
 use super::response::{GuestBody, GuestEnd};
 use crate::body::ResponseBody;
+use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
+use crate::capabilities::logging::{self, LogBudget, LoggingView};
 use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule};
 use crate::capabilities::wasi::guest_context;
 use crate::metrics::{Metrics, RejectReason, RouteMetrics, TrapKind};
@@ -54,9 +56,28 @@ pub struct HostState {
     limiter: MemoryLimiter,
     keyvalue: Grants,
     metrics: Arc<Metrics>,
+    route: Arc<str>,
+    request_id: Arc<str>,
+    log_budget: LogBudget,
+    config: ConfigValues,
 }
 
 impl HostState {
+    fn logging(&mut self) -> LoggingView<'_> {
+        LoggingView {
+            route: &self.route,
+            request_id: &self.request_id,
+            budget: &mut self.log_budget,
+            metrics: &self.metrics,
+        }
+    }
+
+    fn config(&mut self) -> ConfigView<'_> {
+        ConfigView {
+            values: &self.config,
+        }
+    }
+
     fn keyvalue(&mut self) -> KeyValueView<'_> {
         KeyValueView {
             table: &mut self.table,
@@ -114,14 +135,16 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// The linker every component is instantiated against: WASI 0.2, `wasi:http`, and both
-/// versions of `wasi:keyvalue`.
+/// The linker every component is instantiated against: WASI 0.2, `wasi:http`, both versions of
+/// `wasi:keyvalue`, `wasi:logging` and `wasi:config`.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     keyvalue::draft::add_to_linker(&mut linker, HostState::keyvalue)?;
     keyvalue::draft2::add_to_linker(&mut linker, HostState::keyvalue)?;
+    logging::add_to_linker(&mut linker, HostState::logging)?;
+    config_store::add_to_linker(&mut linker, HostState::config)?;
     Ok(linker)
 }
 
@@ -147,6 +170,9 @@ pub struct RouteSettings {
     pub max_memory: usize,
     pub admission: Admission,
     pub keyvalue: Grants,
+    pub config: ConfigValues,
+    /// A fresh copy for each request.
+    pub log_budget: LogBudget,
 }
 
 /// A route served by a component.
@@ -321,6 +347,10 @@ impl ComponentRoute {
             },
             keyvalue: settings.keyvalue.clone(),
             metrics: self.metrics.all().clone(),
+            route: settings.name.clone(),
+            request_id: request_id.clone(),
+            log_budget: settings.log_budget.clone(),
+            config: settings.config.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);

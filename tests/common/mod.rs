@@ -70,6 +70,8 @@ pub struct Gateway {
 pub struct Sections {
     pub server: String,
     pub engine: String,
+    /// `RUST_LOG` for the process; `None` leaves the filter to `[logging] level`.
+    pub rust_log: Option<String>,
 }
 
 impl Default for Sections {
@@ -80,6 +82,7 @@ impl Default for Sections {
                 "cache_dir = {}\nmax_instances = 64\n",
                 toml_path(&shared_cache_dir())
             ),
+            rust_log: Some("info".into()),
         }
     }
 }
@@ -98,13 +101,17 @@ impl Gateway {
         );
         let path = dir.path().join("wasmgate.toml");
         std::fs::write(&path, config).expect("write config");
-        Gateway::spawn(&path, dir)
+        Gateway::spawn(&path, dir, sections.rust_log.as_deref())
     }
 
-    fn spawn(config: &Path, dir: tempfile::TempDir) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+    fn spawn(config: &Path, dir: tempfile::TempDir, rust_log: Option<&str>) -> Gateway {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmgate"));
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .args(["serve", config.to_str().expect("utf-8 path")])
-            .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

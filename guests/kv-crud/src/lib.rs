@@ -1,7 +1,7 @@
 //! `kv-crud`: a small HTTP API over a `wasi:keyvalue@0.2.0-draft2` store,
 //! the one named by the `KV_STORE` environment variable (default `default`).
-//! KEY is the percent-decoded rest of the path after `/kv/`; queries are
-//! ignored when routing.
+//! KEY is the percent-decoded rest of the path after `/kv/` (it may contain
+//! `/`); queries are ignored when routing.
 //!
 //! * `GET /kv/KEY`: 200 `application/octet-stream` with the value, or 404.
 //! * `PUT /kv/KEY`: stores the request body; 204.
@@ -9,14 +9,17 @@
 //! * `HEAD /kv/KEY`: 200 if the key exists, else 404.
 //! * `GET /kv` or `/kv/`: the keys of one `list-keys` page, one per line,
 //!   starting at `?cursor=`; `x-next-cursor` when there is another page.
-//! * `POST /kv/KEY/increment?by=N` (default 1): 200 with the new value.
+//! * `POST /kv/KEY/increment?by=N` (an `s64`, default 1): 200 with the new
+//!   value; 400 `invalid by: N\n` if N does not parse.
 //! * `POST /kv/KEY/swap`: compare-and-swap. The body is the new value and
 //!   `x-expected` the current one (no header: the key must be absent). 200
 //!   `swapped\n`, or 409 `conflict\n` when the value is not as expected.
 //!
-//! Other paths get 404 `not found\n`, other methods 405. Store errors never
-//! trap: an `open` that is denied gets 403 `keyvalue error: access denied\n`,
-//! any other error 503 `keyvalue error: MESSAGE\n`.
+//! Other paths get 404 `not found\n`, other methods on these paths 405
+//! (`POST` only with `/increment` or `/swap`). A request body that breaks off
+//! gets 400. Store errors never trap: an `open` that is denied gets 403
+//! `keyvalue error: access denied\n`, any other error 503
+//! `keyvalue error: MESSAGE\n`.
 
 use guest_util::{percent_decode, query_number, request_query_param, respond, respond_text};
 use wasi::exports::http::incoming_handler::Guest;
