@@ -43,22 +43,8 @@ TOML
   RUST_LOG=warn "$ROOT/target/release/wasmgate" serve "$config" >/dev/null 2>&1 & local pid=$!
   PIDS+=($pid)
   wait_http http://127.0.0.1:18490/hello
-  local url=http://127.0.0.1:18490$path
-  wrk -t2 -c"${CONNECTIONS:-64}" -d2s $extra "$url" >/dev/null 2>&1 || true
-  wrk -t2 -c"${CONNECTIONS:-64}" -d"${DURATION:-10s}" --latency $extra "$url" > "$RESULTS/kv-$name.wrk" 2>&1
+  bench "kv-$name" "http://127.0.0.1:18490$path" $extra
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  python3 - "$name" "$RESULTS/kv-$name.wrk" <<'PY'
-import re, sys
-name, text = sys.argv[1], open(sys.argv[2]).read()
-def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{name:<16} {rps:>10.0f} {p50:>10.3f} {p99:>10.3f}" + (f"  non2xx={bad.group(1)}" if bad else ""))
-PY
 }
 
 memory='[keyvalue.bench]

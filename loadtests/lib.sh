@@ -42,11 +42,12 @@ wait_http() {
   echo "no answer from $1" >&2; return 1
 }
 
-# bench NAME URL [CONNECTIONS] [DURATION]: warm up, measure with wrk, print "NAME rps p50_ms p99_ms".
+# bench NAME URL [WRK_ARGS...]: warm up, measure with wrk, print "NAME rps p50_ms p99_ms".
 bench() {
-  local name=$1 url=$2 conns=${3:-${CONNECTIONS:-64}} duration=${4:-${DURATION:-10s}}
-  wrk -t2 -c"$conns" -d2s "$url" >/dev/null 2>&1 || true
-  wrk -t2 -c"$conns" -d"$duration" --latency "$url" > "$RESULTS/$name.wrk" 2>&1
+  local name=$1 url=$2; shift 2
+  local conns=${CONNECTIONS:-64} duration=${DURATION:-10s}
+  wrk -t2 -c"$conns" -d2s "$@" "$url" >/dev/null 2>&1 || true
+  wrk -t2 -c"$conns" -d"$duration" --latency "$@" "$url" > "$RESULTS/$name.wrk" 2>&1
   python3 - "$name" "$RESULTS/$name.wrk" <<'PY'
 import re, sys
 name, path = sys.argv[1], sys.argv[2]

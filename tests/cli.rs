@@ -8,23 +8,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs `wasmgate check` on a config text; returns (success, stdout + stderr).
-fn check(dir: &Path, config: &str) -> (bool, String) {
-    let path = dir.join("wasmgate.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-        .args(["check", path.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 fn engine() -> String {
     format!(
         "[engine]\ncache_dir = {}\nmax_instances = 16\n",
@@ -42,7 +25,7 @@ fn one_route(component: &str) -> String {
 #[test]
 fn check_accepts_a_good_config_and_the_default_config() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, text) = check(dir.path(), &one_route(&toml_path(&guest("hello"))));
+    let (ok, text) = check_config(dir.path(), &one_route(&toml_path(&guest("hello"))));
     assert!(ok, "{text}");
     assert!(text.contains("OK, 1 routes, 1 components"), "{text}");
 
@@ -153,7 +136,7 @@ fn check_names_the_route_the_file_and_the_problem() {
         ),
     ];
     for (config, expected) in cases {
-        let (ok, text) = check(dir.path(), &config);
+        let (ok, text) = check_config(dir.path(), &config);
         assert!(!ok, "accepted a bad config:\n{config}");
         for fragment in expected {
             assert!(

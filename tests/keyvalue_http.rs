@@ -388,14 +388,8 @@ fn a_route_naming_an_undefined_store_is_a_config_error() {
         toml_path(&shared_cache_dir()),
         counter_route("imaginary")
     );
-    let path = dir.path().join("wasmgate.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-        .args(["check", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (ok, stderr) = check_config(dir.path(), &config);
+    assert!(!ok);
     assert!(
         stderr.contains("route 1 (/count/...)")
             && stderr.contains("keyvalue store `imaginary` is not defined"),

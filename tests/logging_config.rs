@@ -142,19 +142,13 @@ async fn config_values_reach_the_component_with_env_references_resolved() {
 #[test]
 fn an_unset_environment_reference_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasmgate.toml");
     let config = format!(
         "[engine]\ncache_dir = {}\n[[route]]\npath = \"/c\"\ncomponent = {}\nconfig = {{ secret = \"${{WASMGATE_SURELY_UNSET_VAR}}\" }}\n",
         toml_path(&shared_cache_dir()),
         toml_path(&guest("config-echo"))
     );
-    std::fs::write(&path, config).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-        .args(["check", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (ok, stderr) = check_config(dir.path(), &config);
+    assert!(!ok);
     assert!(
         stderr.contains("route 1 (/c)")
             && stderr.contains("config key `secret`")

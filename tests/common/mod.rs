@@ -52,6 +52,23 @@ pub fn toml_path(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
+/// Runs `wasmgate check` on a config text written into `dir`; returns (success, stdout + stderr).
+pub fn check_config(dir: &Path, config: &str) -> (bool, String) {
+    let path = dir.join("wasmgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(["check", path.to_str().expect("utf-8 path")])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run wasmgate check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// The compile cache every test shares.
 pub fn shared_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/wasmgate-test-cache")
