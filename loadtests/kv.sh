@@ -43,23 +43,26 @@ TOML
   RUST_LOG=warn "$ROOT/target/release/wasmgate" serve "$config" >/dev/null 2>&1 & local pid=$!
   PIDS+=($pid)
   wait_http http://127.0.0.1:18490/hello
-  bench "kv-$name" "http://127.0.0.1:18490$path" $extra
+  local row
+  row=$(bench "kv-$name" "http://127.0.0.1:18490$path" $extra)
+  set -- $row
+  printf '%-16s %10s %10s %10s %s\n' "$name" "$2" "$3" "$4" "${5:-}"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 memory='[keyvalue.bench]
 backend = "memory"'
 scenario hello "$memory" /hello
-scenario kv-memory "$memory" /count/ "-s $ROOT/loadtests/kv-keys.lua"
+scenario memory "$memory" /count/ "-s $ROOT/loadtests/kv-keys.lua"
 rm -f "$RESULTS/kv-bench.redb"
-scenario kv-redb "[keyvalue.bench]
+scenario redb "[keyvalue.bench]
 backend = \"redb\"
 path = \"$RESULTS/kv-bench.redb\"" /count/ "-s $ROOT/loadtests/kv-keys.lua"
-scenario kv-redis "[keyvalue.bench]
+scenario redis "[keyvalue.bench]
 backend = \"redis\"
 url = \"redis://127.0.0.1:6379\"
 prefix = \"wasmgate-bench:$run_id\"" /count/ "-s $ROOT/loadtests/kv-keys.lua"
-scenario kv-nats "[keyvalue.bench]
+scenario nats "[keyvalue.bench]
 backend = \"nats\"
 url = \"nats://127.0.0.1:4222\"
 bucket = \"wasmgate_bench_$run_id\"" /count/ "-s $ROOT/loadtests/kv-keys.lua"
