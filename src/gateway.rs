@@ -7,13 +7,14 @@
 //! [`Gateway::handle`] is the request path, top to bottom:
 //! request id ─► header size (431) ─► path sanity (400) ─► route lookup (404, 405) ─►
 //! body size (413) ─► the gateway's `x-wasmgate-*` headers ─► the component route
-//! (503, 504, 500) ─► metrics and the access log.
+//! (503, 504, 500) ─► metrics and the access log. Components' requests to `http://self` take the
+//! same path in process ([`SelfDispatch`]), and only they may reach routes marked `private`.
 
 use crate::body::{LimitedBody, ResponseBody, full};
 use crate::capabilities::config_store;
 use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::logging::LogBudget;
-use crate::capabilities::outbound_http::OutboundRule;
+use crate::capabilities::outbound_http::{OutboundRule, SelfDispatch, SelfHandle};
 use crate::config::{Config, RouteConfig};
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 use crate::router::{Lookup, RouteSpec, RouteTable};
@@ -27,8 +28,8 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -41,6 +42,10 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A built, ready-to-serve gateway.
 pub struct Gateway {
+    /// This gateway, for components' requests to `http://self`; set by [`Gateway::attach_self`].
+    self_handle: SelfHandle,
+    /// The same, typed, for the futures [`SelfDispatch`] returns.
+    me: std::sync::OnceLock<Weak<Gateway>>,
     routes: RouteTable<Arc<ComponentRoute>>,
     metrics: Arc<Metrics>,
     max_request_body: u64,
@@ -58,6 +63,7 @@ impl Gateway {
         let linker = linker(&engine)?;
         let cache_dir = config.cache_dir();
         let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
+        let self_handle: SelfHandle = Arc::new(std::sync::OnceLock::new());
 
         // Each distinct component file is loaded once, however many routes use it.
         let mut loaded: HashMap<PathBuf, Component> = HashMap::new();
@@ -82,7 +88,7 @@ impl Gateway {
             let grants = stores
                 .grants(&route.keyvalue)
                 .with_context(|| name.clone())?;
-            let target = component_route(config, route, pre, grants, &metrics)
+            let target = component_route(config, route, pre, grants, self_handle.clone(), &metrics)
                 .with_context(|| name.clone())?;
             specs.push(RouteSpec {
                 host: route.host.clone(),
@@ -103,6 +109,8 @@ impl Gateway {
             components,
             allocator,
             _ticker: ticker,
+            self_handle,
+            me: std::sync::OnceLock::new(),
         })
     }
 
@@ -111,8 +119,25 @@ impl Gateway {
         self.routes.targets().map(|(t, _)| t.to_string()).collect()
     }
 
-    /// Serves one request; never fails: every problem becomes a status code.
-    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
+    /// Serves one request from a client; never fails: every problem becomes a status code.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        self.dispatch_at(request, 0).await
+    }
+
+    /// Lets components reach this gateway at `http://self` (see `capabilities::outbound_http`).
+    pub fn attach_self(self: &Arc<Self>) {
+        let weak: Weak<dyn SelfDispatch> = Arc::downgrade(self) as Weak<dyn SelfDispatch>;
+        let _ = self.self_handle.set(weak);
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// Serves a request `depth` self-calls deep (0: from a client, which cannot reach private
+    /// routes).
+    async fn dispatch_at<B>(&self, mut request: Request<B>, depth: u32) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let started = Instant::now();
         let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let method = request.method().clone();
@@ -155,6 +180,19 @@ impl Gateway {
         let path = request.uri().path().to_string();
         let (route, template, extra_headers) =
             match self.routes.lookup(host.as_deref(), &method, &path) {
+                Lookup::Found(found) if depth == 0 && found.target.is_private() => {
+                    return self.finish(
+                        UNMATCHED_ROUTE,
+                        &method,
+                        started,
+                        &request_id,
+                        error_page(
+                            StatusCode::NOT_FOUND,
+                            &request_id,
+                            "no route matches this request",
+                        ),
+                    );
+                }
                 Lookup::Found(found) => {
                     let mut extra = Vec::with_capacity(found.params.len() + 2);
                     extra.push((ROUTE_HEADER, header_value(found.template)));
@@ -233,7 +271,9 @@ impl Gateway {
         let too_large = Arc::new(AtomicBool::new(false));
         let request =
             request.map(|body| LimitedBody::new(body, self.max_request_body, too_large.clone()));
-        let result = route.handle(request, &request_id, too_large.clone()).await;
+        let result = route
+            .handle(request, &request_id, too_large.clone(), depth)
+            .await;
         metrics.active_requests.dec();
 
         let response = if too_large.load(Ordering::Acquire) {
@@ -274,7 +314,7 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// Reads and discards a body the gateway refused, within bounds, so the client reads the refusal
 /// (closing with unread data makes the kernel reset the connection, and the answer can be lost)
 /// and an HTTP/1.1 connection stays usable.
-async fn drain(mut body: Incoming) {
+async fn drain<B: http_body::Body<Data = bytes::Bytes> + Unpin>(mut body: B) {
     use http_body_util::BodyExt;
     let _ = tokio::time::timeout(DRAIN_TIME, async {
         let mut read = 0u64;
@@ -310,6 +350,7 @@ fn component_route(
     route: &RouteConfig,
     pre: ProxyPre<HostState>,
     keyvalue: Grants,
+    self_handle: SelfHandle,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<ComponentRoute> {
     let outbound = route
@@ -337,6 +378,8 @@ fn component_route(
         ),
         keyvalue,
         config: config_store::resolve(&route.config, |name| std::env::var(name).ok())?,
+        private: route.private,
+        self_handle,
         log_budget: LogBudget::new(
             config.logging.max_guest_messages,
             config.logging.max_guest_bytes,
@@ -480,6 +523,34 @@ fn log_access(
         micros = started.elapsed().as_micros() as u64,
         request_id,
     );
+}
+
+impl SelfDispatch for Gateway {
+    fn dispatch(
+        &self,
+        request: Request<wasmtime_wasi_http::WasiBody>,
+        depth: u32,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Response<wasmtime_wasi_http::WasiBody>> + Send + 'static>,
+    > {
+        // The future must not borrow `self`: hold the gateway through its own handle.
+        let gateway = self.me.get().and_then(Weak::upgrade);
+        Box::pin(async move {
+            let response = match gateway {
+                Some(gateway) => gateway.dispatch_at(request, depth).await,
+                None => error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "-",
+                    "the gateway is not serving",
+                ),
+            };
+            response.map(|body| {
+                use http_body_util::BodyExt;
+                body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+                    .boxed_unsync()
+            })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,31 @@
 //! the gateway; the guest sees `HTTP-request-denied` and the gateway logs and counts it. Allowed
 //! requests go out through wasmtime's default client, with connect and first-byte timeouts so a
 //! slow upstream cannot hold an instance past the route's deadline.
+//!
+//! `http://self/...` is the gateway itself: when a route allows `http://self`, such a request is
+//! dispatched to the gateway's own router in process, without a socket, and may reach routes
+//! marked `private`. Self-calls nest at most [`MAX_SELF_DEPTH`] deep (`loop-detected` beyond).
 
 use crate::metrics::RouteMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// How deep requests to `http://self` may nest.
+pub const MAX_SELF_DEPTH: u32 = 8;
+
+/// The gateway's router, as outgoing requests to `http://self` reach it.
+pub trait SelfDispatch: Send + Sync {
+    /// Serves a request made by a component `depth` self-calls deep.
+    fn dispatch(
+        &self,
+        request: http::Request<WasiBody>,
+        depth: u32,
+    ) -> std::pin::Pin<Box<dyn Future<Output = http::Response<WasiBody>> + Send + 'static>>;
+}
+
+/// Set once the gateway is built and shared; weak, so routes do not keep the gateway alive.
+pub type SelfHandle = Arc<std::sync::OnceLock<std::sync::Weak<dyn SelfDispatch>>>;
 
 /// How long an outgoing connection may take to establish when the guest does not say.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,6 +152,10 @@ pub struct OutboundPolicy {
     /// The default first-byte timeout of outgoing requests: the route's timeout.
     pub response_timeout: Duration,
     pub metrics: Arc<RouteMetrics>,
+    /// The gateway, for requests to `http://self`.
+    pub self_handle: SelfHandle,
+    /// How many self-calls deep the current request is (0 from outside).
+    pub depth: u32,
 }
 
 type SendFuture = Box<
@@ -164,6 +188,9 @@ impl WasiHttpHooks for OutboundPolicy {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         self.metrics.outbound("allowed");
+        if request.uri().host() == Some("self") {
+            return self.dispatch_to_self(request);
+        }
         let mut options = options.unwrap_or_default();
         options
             .connect_timeout
@@ -181,6 +208,30 @@ impl WasiHttpHooks for OutboundPolicy {
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+            ))
+        })
+    }
+}
+
+impl OutboundPolicy {
+    /// Serves a request to `http://self` through the gateway's own router, in process.
+    fn dispatch_to_self(&self, request: http::Request<WasiBody>) -> SendFuture {
+        let depth = self.depth + 1;
+        if depth > MAX_SELF_DEPTH {
+            tracing::warn!(route = %self.route, request_id = %self.request_id, depth, "self-calls nest too deep");
+            return Box::new(async { Err(Error::LoopDetected) });
+        }
+        let gateway = self.self_handle.get().and_then(std::sync::Weak::upgrade);
+        Box::new(async move {
+            let Some(gateway) = gateway else {
+                return Err(Error::InternalError(Some(
+                    "the gateway is not serving".into(),
+                )));
+            };
+            let response = gateway.dispatch(request, depth).await;
+            Ok((
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), Error>> + Send>,
             ))
         })
     }
@@ -229,6 +280,8 @@ mod tests {
         assert!(allowed(&["*://*:*"], "http://anything:1/"));
         assert!(!allowed(&[], "http://127.0.0.1/"));
         assert!(allowed(&["http://[::1]:8080"], "http://[::1]:8080/"));
+        assert!(allowed(&["http://self"], "http://self/internal"));
+        assert!(!allowed(&["http://127.0.0.1:*"], "http://self/internal"));
     }
 
     #[test]

@@ -250,6 +250,9 @@ pub struct RouteConfig {
     /// The keyvalue stores the component may open.
     #[serde(default)]
     pub keyvalue: Vec<String>,
+    /// Reachable only from components (`http://self/...`), never from outside (404).
+    #[serde(default)]
+    pub private: bool,
     /// Values the component reads through `wasi:config`; `${NAME}` is the gateway's env var.
     #[serde(default)]
     pub config: BTreeMap<String, String>,

@@ -25,7 +25,7 @@ use crate::body::ResponseBody;
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::logging::{self, LogBudget, LoggingView};
-use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule};
+use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule, SelfHandle};
 use crate::capabilities::wasi::guest_context;
 use crate::metrics::{Metrics, RejectReason, RouteMetrics, TrapKind};
 use bytes::Bytes;
@@ -173,6 +173,9 @@ pub struct RouteSettings {
     pub config: ConfigValues,
     /// A fresh copy for each request.
     pub log_budget: LogBudget,
+    /// Reachable only through `http://self`.
+    pub private: bool,
+    pub self_handle: SelfHandle,
 }
 
 /// A route served by a component.
@@ -199,13 +202,20 @@ impl ComponentRoute {
         &self.metrics
     }
 
+    /// Whether only components may reach the route.
+    pub fn is_private(&self) -> bool {
+        self.settings.private
+    }
+
     /// Runs the request through a fresh instance; see the module docs. `request_cut` is set by
     /// the request body if the gateway cut it off; the response is then aborted, not completed.
+    /// `depth` counts self-calls (0 for a request from outside).
     pub async fn handle<B>(
         self: &Arc<Self>,
         request: http::Request<B>,
         request_id: &Arc<str>,
         request_cut: Arc<AtomicBool>,
+        depth: u32,
     ) -> Result<http::Response<ResponseBody>, Failure>
     where
         B: Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
@@ -216,7 +226,7 @@ impl ComponentRoute {
         })?;
         let deadline = Instant::now() + self.settings.timeout;
 
-        let mut store = self.new_store(request_id);
+        let mut store = self.new_store(request_id, depth);
         let (response_tx, response_rx) = oneshot::channel();
         let (incoming, outparam) = {
             let mut http = store.data_mut().http();
@@ -328,7 +338,7 @@ impl ComponentRoute {
         }
     }
 
-    fn new_store(&self, request_id: &Arc<str>) -> Store<HostState> {
+    fn new_store(&self, request_id: &Arc<str>, depth: u32) -> Store<HostState> {
         let settings = &self.settings;
         let state = HostState {
             wasi: guest_context(&settings.env, &settings.name, request_id),
@@ -340,6 +350,8 @@ impl ComponentRoute {
                 request_id: request_id.clone(),
                 response_timeout: settings.timeout,
                 metrics: self.metrics.clone(),
+                self_handle: settings.self_handle.clone(),
+                depth,
             },
             limiter: MemoryLimiter {
                 max_memory: settings.max_memory,

@@ -36,6 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("building the gateway panicked")??
     };
     let gateway = Arc::new(gateway);
+    gateway.attach_self();
 
     let listener = TcpListener::bind(config.server.listen)
         .await
