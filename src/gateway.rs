@@ -180,20 +180,7 @@ impl Gateway {
         let path = request.uri().path().to_string();
         let (route, template, extra_headers) =
             match self.routes.lookup(host.as_deref(), &method, &path) {
-                Lookup::Found(found) if depth == 0 && found.target.is_private() => {
-                    return self.finish(
-                        UNMATCHED_ROUTE,
-                        &method,
-                        started,
-                        &request_id,
-                        error_page(
-                            StatusCode::NOT_FOUND,
-                            &request_id,
-                            "no route matches this request",
-                        ),
-                    );
-                }
-                Lookup::Found(found) => {
+                Lookup::Found(found) if depth > 0 || !found.target.is_private() => {
                     let mut extra = Vec::with_capacity(found.params.len() + 2);
                     extra.push((ROUTE_HEADER, header_value(found.template)));
                     extra.push((PATH_INFO_HEADER, header_value(found.path_info)));
@@ -220,7 +207,8 @@ impl Gateway {
                     response.headers_mut().insert(ALLOW, header_value(&allow));
                     return self.finish(UNMATCHED_ROUTE, &method, started, &request_id, response);
                 }
-                Lookup::NotFound => {
+                // A private route is as absent as no route, to a client.
+                Lookup::NotFound | Lookup::Found(_) => {
                     return self.finish(
                         UNMATCHED_ROUTE,
                         &method,
