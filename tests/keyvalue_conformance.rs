@@ -465,3 +465,59 @@ async fn nats_recovers_after_an_outage() {
         .delete_key_value(bucket)
         .await;
 }
+
+/// Batch operations, through the store layer both interface versions call.
+#[tokio::test]
+async fn batch_operations_apply_in_order_and_report_missing_keys() {
+    use wasmgate::capabilities::keyvalue::Stores;
+    let config: std::collections::BTreeMap<String, wasmgate::config::KeyValueConfig> =
+        toml::from_str("[batch]\nbackend = \"memory\"\nmax_key_size = 8\n").unwrap();
+    let stores = Stores::build(
+        &config,
+        |p| p.to_path_buf(),
+        &wasmgate::metrics::Metrics::new(),
+    )
+    .unwrap();
+    let store = stores.grants(&["batch".to_string()]).unwrap()["batch"].clone();
+
+    store
+        .set_many(vec![
+            ("a".into(), b"1".to_vec()),
+            ("b".into(), b"2".to_vec()),
+        ])
+        .await
+        .unwrap();
+    let values = store
+        .get_many(vec!["a".into(), "missing".into(), "b".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        values,
+        vec![
+            ("a".into(), Some(b"1".to_vec())),
+            ("missing".into(), None),
+            ("b".into(), Some(b"2".to_vec()))
+        ]
+    );
+    store
+        .delete_many(vec!["a".into(), "missing".into()])
+        .await
+        .unwrap();
+    assert_eq!(store.get("a").await.unwrap(), None);
+    assert_eq!(store.get("b").await.unwrap(), Some(b"2".to_vec()));
+    // A key over the limit stops the batch with the store's error.
+    assert!(
+        store
+            .set_many(vec![
+                ("c".into(), b"3".to_vec()),
+                ("far-too-long".into(), b"4".to_vec())
+            ])
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        store.get("c").await.unwrap(),
+        Some(b"3".to_vec()),
+        "earlier pairs were applied"
+    );
+}

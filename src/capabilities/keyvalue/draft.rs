@@ -2,8 +2,9 @@
 //! components import. Its `list-keys` cursor is a `u64`; the gateway hands out numbers that stand
 //! for string cursors kept in the bucket resource, so paging is exact here too.
 
-use super::{Bucket, Grants, KvError, open};
+use super::{Bucket, Grants, KvError, Store, open};
 use crate::metrics::Metrics;
+use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 mod bindings {
@@ -51,41 +52,50 @@ fn error(e: KvError) -> store::Error {
 type Result<T> = wasmtime::Result<std::result::Result<T, store::Error>>;
 
 impl KeyValueView<'_> {
-    fn bucket(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<&Bucket> {
-        Ok(self.table.get(bucket)?)
+    /// Opens a granted store as a new `bucket` resource (both interface versions).
+    pub(super) fn open_bucket(
+        &mut self,
+        name: &str,
+    ) -> wasmtime::Result<std::result::Result<Resource<Bucket>, KvError>> {
+        match open(self.grants, name, self.metrics) {
+            Ok(store) => Ok(Ok(self.table.push(Bucket {
+                store,
+                cursors: Vec::new(),
+            })?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// The store behind a `bucket` resource (both interface versions).
+    pub(super) fn store_of(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<Arc<Store>> {
+        Ok(self.table.get(bucket)?.store.clone())
     }
 }
 
 impl store::Host for KeyValueView<'_> {
     async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>> {
-        match open(self.grants, &identifier, self.metrics) {
-            Ok(store) => Ok(Ok(self.table.push(Bucket {
-                store,
-                cursors: Vec::new(),
-            })?)),
-            Err(e) => Ok(Err(error(e))),
-        }
+        Ok(self.open_bucket(&identifier)?.map_err(error))
     }
 }
 
 impl store::HostBucket for KeyValueView<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>> {
-        let store = self.bucket(&bucket)?.store.clone();
+        let store = self.store_of(&bucket)?;
         Ok(store.get(&key).await.map_err(error))
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<()> {
-        let store = self.bucket(&bucket)?.store.clone();
+        let store = self.store_of(&bucket)?;
         Ok(store.set(&key, &value).await.map_err(error))
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<()> {
-        let store = self.bucket(&bucket)?.store.clone();
+        let store = self.store_of(&bucket)?;
         Ok(store.delete(&key).await.map_err(error))
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool> {
-        let store = self.bucket(&bucket)?.store.clone();
+        let store = self.store_of(&bucket)?;
         Ok(store.exists(&key).await.map_err(error))
     }
 
@@ -94,7 +104,7 @@ impl store::HostBucket for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse> {
-        let open = self.bucket(&bucket)?;
+        let open = self.table.get(&bucket)?;
         let store = open.store.clone();
         let after = match cursor {
             None => None,
@@ -138,7 +148,7 @@ impl atomics::Host for KeyValueView<'_> {
         key: String,
         delta: u64,
     ) -> Result<u64> {
-        let store = self.bucket(&bucket)?.store.clone();
+        let store = self.store_of(&bucket)?;
         let Ok(delta) = i64::try_from(delta) else {
             return Ok(Err(store::Error::Other(
                 "the delta is larger than a 64-bit signed counter".into(),
@@ -158,15 +168,12 @@ impl batch::Host for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>> {
-        let store = self.bucket(&bucket)?.store.clone();
-        let mut values = Vec::with_capacity(keys.len());
-        for key in keys {
-            match store.get(&key).await {
-                Ok(value) => values.push(value.map(|v| (key, v))),
-                Err(e) => return Ok(Err(error(e))),
-            }
-        }
-        Ok(Ok(values))
+        let store = self.store_of(&bucket)?;
+        Ok(store
+            .get_many(keys)
+            .await
+            .map(|values| values.into_iter().map(|(k, v)| v.map(|v| (k, v))).collect())
+            .map_err(error))
     }
 
     async fn set_many(
@@ -174,22 +181,12 @@ impl batch::Host for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<()> {
-        let store = self.bucket(&bucket)?.store.clone();
-        for (key, value) in key_values {
-            if let Err(e) = store.set(&key, &value).await {
-                return Ok(Err(error(e)));
-            }
-        }
-        Ok(Ok(()))
+        let store = self.store_of(&bucket)?;
+        Ok(store.set_many(key_values).await.map_err(error))
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<()> {
-        let store = self.bucket(&bucket)?.store.clone();
-        for key in keys {
-            if let Err(e) = store.delete(&key).await {
-                return Ok(Err(error(e)));
-            }
-        }
-        Ok(Ok(()))
+        let store = self.store_of(&bucket)?;
+        Ok(store.delete_many(keys).await.map_err(error))
     }
 }

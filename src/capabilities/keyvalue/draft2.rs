@@ -3,7 +3,7 @@
 //! `swap` succeeds only if the value is still that one, else it hands back a fresh `cas`.
 
 use super::draft::KeyValueView;
-use super::{Bucket, KvError, open};
+use super::{Bucket, KvError};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource};
 
@@ -54,43 +54,30 @@ fn error(e: KvError) -> store::Error {
 
 type Result<T> = wasmtime::Result<std::result::Result<T, store::Error>>;
 
-fn bucket_store(
-    view: &KeyValueView<'_>,
-    bucket: &Resource<Bucket>,
-) -> wasmtime::Result<Arc<super::Store>> {
-    Ok(view.table.get(bucket)?.store.clone())
-}
-
 impl store::Host for KeyValueView<'_> {
     async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>> {
-        match open(self.grants, &identifier, self.metrics) {
-            Ok(store) => Ok(Ok(self.table.push(Bucket {
-                store,
-                cursors: Vec::new(),
-            })?)),
-            Err(e) => Ok(Err(error(e))),
-        }
+        Ok(self.open_bucket(&identifier)?.map_err(error))
     }
 }
 
 impl store::HostBucket for KeyValueView<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>> {
-        let store = bucket_store(self, &bucket)?;
+        let store = self.store_of(&bucket)?;
         Ok(store.get(&key).await.map_err(error))
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<()> {
-        let store = bucket_store(self, &bucket)?;
+        let store = self.store_of(&bucket)?;
         Ok(store.set(&key, &value).await.map_err(error))
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<()> {
-        let store = bucket_store(self, &bucket)?;
+        let store = self.store_of(&bucket)?;
         Ok(store.delete(&key).await.map_err(error))
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool> {
-        let store = bucket_store(self, &bucket)?;
+        let store = self.store_of(&bucket)?;
         Ok(store.exists(&key).await.map_err(error))
     }
 
@@ -99,7 +86,7 @@ impl store::HostBucket for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<String>,
     ) -> Result<store::KeyResponse> {
-        let store = bucket_store(self, &bucket)?;
+        let store = self.store_of(&bucket)?;
         Ok(store
             .list_keys(cursor.as_deref())
             .await
@@ -118,7 +105,7 @@ impl store::HostBucket for KeyValueView<'_> {
 
 impl atomics::HostCas for KeyValueView<'_> {
     async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Resource<Cas>> {
-        let store = bucket_store(self, &bucket)?;
+        let store = self.store_of(&bucket)?;
         let seen = match store.get(&key).await {
             Ok(seen) => seen,
             Err(e) => return Ok(Err(error(e))),
@@ -143,7 +130,7 @@ impl atomics::Host for KeyValueView<'_> {
         key: String,
         delta: i64,
     ) -> Result<i64> {
-        let store = bucket_store(self, &bucket)?;
+        let store = self.store_of(&bucket)?;
         Ok(store.increment(&key, delta).await.map_err(error))
     }
 
@@ -175,15 +162,8 @@ impl batch::Host for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>> {
-        let store = bucket_store(self, &bucket)?;
-        let mut values = Vec::with_capacity(keys.len());
-        for key in keys {
-            match store.get(&key).await {
-                Ok(value) => values.push((key, value)),
-                Err(e) => return Ok(Err(error(e))),
-            }
-        }
-        Ok(Ok(values))
+        let store = self.store_of(&bucket)?;
+        Ok(store.get_many(keys).await.map_err(error))
     }
 
     async fn set_many(
@@ -191,22 +171,12 @@ impl batch::Host for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<()> {
-        let store = bucket_store(self, &bucket)?;
-        for (key, value) in key_values {
-            if let Err(e) = store.set(&key, &value).await {
-                return Ok(Err(error(e)));
-            }
-        }
-        Ok(Ok(()))
+        let store = self.store_of(&bucket)?;
+        Ok(store.set_many(key_values).await.map_err(error))
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<()> {
-        let store = bucket_store(self, &bucket)?;
-        for key in keys {
-            if let Err(e) = store.delete(&key).await {
-                return Ok(Err(error(e)));
-            }
-        }
-        Ok(Ok(()))
+        let store = self.store_of(&bucket)?;
+        Ok(store.delete_many(keys).await.map_err(error))
     }
 }

@@ -256,9 +256,33 @@ impl Store {
         .await
     }
 
-    /// The backend, for the conformance tests.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+    /// `get` for each key in order: each key with its value, if any; stops at the first error.
+    pub async fn get_many(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = self.get(&key).await?;
+            values.push((key, value));
+        }
+        Ok(values)
+    }
+
+    /// `set` for each pair in order; stops at the first error.
+    pub async fn set_many(&self, key_values: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        for (key, value) in key_values {
+            self.set(&key, &value).await?;
+        }
+        Ok(())
+    }
+
+    /// `delete` for each key in order; stops at the first error.
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
+        for key in keys {
+            self.delete(&key).await?;
+        }
+        Ok(())
     }
 }
 
