@@ -22,11 +22,12 @@ use crate::runtime::admission::Admission;
 use crate::runtime::component::{self, Origin};
 use crate::runtime::engine::{Allocator, EpochTicker, build_engine};
 use crate::runtime::instance::{ComponentRoute, Failure, HostState, RouteSettings, linker};
+use crate::runtime::linking;
 use anyhow::Context;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -61,25 +62,33 @@ impl Gateway {
     pub fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Gateway> {
         let (engine, allocator) = build_engine(&config.engine)?;
         let linker = linker(&engine)?;
-        let cache_dir = config.cache_dir();
         let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
         let self_handle: SelfHandle = Arc::new(std::sync::OnceLock::new());
+        for name in config.unused_components() {
+            tracing::warn!(
+                component = name,
+                "[component.{name}] is declared but no route links to it, directly or through \
+                 other components; it is not loaded"
+            );
+        }
 
-        // Each distinct component file is loaded once, however many routes use it.
-        let mut loaded: HashMap<PathBuf, Component> = HashMap::new();
+        // Each distinct component file (with the same links) is loaded once, however many routes
+        // use it.
+        let mut loaded: HashMap<(PathBuf, &BTreeMap<String, String>), Component> = HashMap::new();
         let mut components = Vec::new();
         let mut specs = Vec::with_capacity(config.routes.len());
         for (index, route) in config.routes.iter().enumerate() {
             let name = route.describe(index);
             let path = config.resolve(&route.component);
-            let component = match loaded.get(&path) {
+            let key = (path.clone(), &route.links);
+            let component = match loaded.get(&key) {
                 Some(component) => component.clone(),
                 None => {
-                    let (component, origin) = component::load(&engine, &path, cache_dir.as_deref())
+                    let (component, origin) = load_route_component(config, route, &engine)
                         .map_err(|e| with_build_hint(e, &path))
                         .with_context(|| name.clone())?;
                     components.push((path.clone(), origin));
-                    loaded.insert(path.clone(), component.clone());
+                    loaded.insert(key, component.clone());
                     component
                 }
             };
@@ -317,20 +326,61 @@ async fn drain<B: http_body::Body<Data = bytes::Bytes> + Unpin>(mut body: B) {
 }
 
 /// Pre-instantiates a component; the errors say which import or export is the problem.
+/// The route's component, composed with the components it links to if it has `links`.
+fn load_route_component(
+    config: &Config,
+    route: &RouteConfig,
+    engine: &wasmtime::Engine,
+) -> anyhow::Result<(Component, Origin)> {
+    let path = config.resolve(&route.component);
+    let cache_dir = config.cache_dir();
+    if route.links.is_empty() {
+        return component::load(engine, &path, cache_dir.as_deref());
+    }
+    let composed = linking::compose(&path, &route.links, &config.components, &|p| {
+        config.resolve(p)
+    })?;
+    let providers: Vec<&str> = route.links.values().map(String::as_str).collect();
+    let label = format!("{} linked to {}", path.display(), providers.join(", "));
+    component::compile_cached(engine, &composed, &label, cache_dir.as_deref())
+}
+
 fn pre_instantiate(
     linker: &Linker<HostState>,
     component: &Component,
 ) -> anyhow::Result<ProxyPre<HostState>> {
-    let pre = linker.instantiate_pre(component).map_err(|e| {
-        anyhow::anyhow!(
-            "it imports something the gateway does not provide: {e:#} (wasmgate provides WASI 0.2, \
-             wasi:http, wasi:keyvalue 0.2.0-draft and -draft2, wasi:logging 0.1.0-draft and \
-             wasi:config 0.2.0-draft)"
-        )
-    })?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| unsupplied_import(component, linker.engine(), &e))?;
     ProxyPre::new(pre).map_err(|e| {
         anyhow::anyhow!("it does not export `wasi:http/incoming-handler` (WASI 0.2), so it cannot serve HTTP: {e:#}")
     })
+}
+
+/// Names the import that neither the host nor a link supplies, and how to supply it.
+fn unsupplied_import(
+    component: &Component,
+    engine: &wasmtime::Engine,
+    error: &wasmtime::Error,
+) -> anyhow::Error {
+    let text = format!("{error:#}");
+    let import = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .find(|name| text.contains(&format!("`{name}`")));
+    let provided = "wasmgate provides WASI 0.2, wasi:http, wasi:keyvalue 0.2.0-draft and \
+                    -draft2, wasi:logging 0.1.0-draft and wasi:config 0.2.0-draft";
+    match import {
+        Some(import) if text.contains("matching implementation was not found") => anyhow::anyhow!(
+            "it imports `{import}`, which neither the gateway nor a link supplies ({provided}; \
+             to link an interface that another component exports, declare it as \
+             [component.NAME] and add `links = {{ \"{import}\" = \"NAME\" }}` to the route)"
+        ),
+        _ => anyhow::anyhow!(
+            "it cannot be linked against what the gateway provides: {text} ({provided})"
+        ),
+    }
 }
 
 fn component_route(

@@ -33,6 +33,9 @@ pub struct Config {
     /// Named keyvalue stores (`[keyvalue.NAME]`); routes are granted stores by name.
     #[serde(default)]
     pub keyvalue: BTreeMap<String, KeyValueConfig>,
+    /// Named components (`[component.NAME]`) that routes' components link to.
+    #[serde(default, rename = "component")]
+    pub components: BTreeMap<String, NamedComponentConfig>,
     /// The routes, in any order: matching picks the most specific one.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -228,6 +231,19 @@ fn default_max_value_size() -> u64 {
     1 << 20
 }
 
+/// `[component.NAME]`: a component that provides interfaces to other components (see
+/// `runtime::linking`). It serves no route of its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedComponentConfig {
+    /// The component file.
+    pub path: PathBuf,
+    /// The interfaces this component imports from other named components:
+    /// `{ "pkg:name/interface" = "COMPONENT" }`.
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
+}
+
 /// One `[[route]]`: what requests it matches and the component that serves them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,6 +256,10 @@ pub struct RouteConfig {
     pub methods: Option<Vec<String>>,
     /// The component that serves the route (a `wasi:http/incoming-handler` component).
     pub component: PathBuf,
+    /// Interfaces the component imports from named components, linked in process:
+    /// `{ "pkg:name/interface" = "COMPONENT" }`.
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
     /// Environment variables the component sees.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -400,6 +420,7 @@ impl Config {
                 bail!("[keyvalue.{name}]: max_key_size and max_value_size must be at least 1");
             }
         }
+        self.check_links()?;
         for (index, route) in self.routes.iter().enumerate() {
             let name = route.describe(index);
             if route.max_concurrency == 0 {
@@ -427,12 +448,133 @@ impl Config {
     }
 }
 
+/// A `[component.NAME]` name: lowercase letters, digits and `-` or `_`.
+fn is_component_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// An interface name as a link key: `namespace:package/interface`, optionally `@version`.
+fn is_interface_name(name: &str) -> bool {
+    let unversioned = name.split_once('@').map_or(name, |(n, _)| n);
+    match unversioned.split_once(':') {
+        Some((namespace, rest)) => match rest.split_once('/') {
+            Some((package, interface)) => {
+                !namespace.is_empty() && !package.is_empty() && !interface.is_empty()
+            }
+            None => false,
+        },
+        None => false,
+    }
+}
+
+impl Config {
+    /// Checks `[component.NAME]` and every `links` table: names, that each link names a
+    /// declared component, and that named components do not link in a cycle. Whether the
+    /// components import and export what the links say is checked when they are loaded.
+    fn check_links(&self) -> anyhow::Result<()> {
+        for name in self.components.keys() {
+            if !is_component_name(name) {
+                bail!(
+                    "[component.{name}]: a component name may have only lowercase letters, digits,                      `-` and `_`"
+                );
+            }
+        }
+        let check_table = |owner: &str, links: &BTreeMap<String, String>| -> anyhow::Result<()> {
+            for (interface, target) in links {
+                if !is_interface_name(interface) {
+                    bail!(
+                        "{owner}: link `{interface}` is not an interface name (`namespace:package/interface`, e.g. `local:greeter-demo/greet`)"
+                    );
+                }
+                if !self.components.contains_key(target) {
+                    let known: Vec<&str> = self.components.keys().map(String::as_str).collect();
+                    bail!(
+                        "{owner}: link `{interface}` names component `{target}`, but there is no [component.{target}] (declared: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    );
+                }
+            }
+            Ok(())
+        };
+        for (name, component) in &self.components {
+            check_table(&format!("[component.{name}]"), &component.links)?;
+        }
+        for (index, route) in self.routes.iter().enumerate() {
+            check_table(&route.describe(index), &route.links)?;
+        }
+        for name in self.components.keys() {
+            let mut path = vec![name.as_str()];
+            self.find_cycle(&mut path)?;
+        }
+        Ok(())
+    }
+
+    /// Named components that no route uses, directly or through other components' links.
+    pub fn unused_components(&self) -> Vec<&str> {
+        let mut used: Vec<&str> = Vec::new();
+        let mut pending: Vec<&str> = self
+            .routes
+            .iter()
+            .flat_map(|route| route.links.values().map(String::as_str))
+            .collect();
+        while let Some(name) = pending.pop() {
+            if used.contains(&name) {
+                continue;
+            }
+            used.push(name);
+            if let Some(component) = self.components.get(name) {
+                pending.extend(component.links.values().map(String::as_str));
+            }
+        }
+        self.components
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !used.contains(name))
+            .collect()
+    }
+
+    /// Depth-first search from the last component of `path`; an error names the cycle.
+    fn find_cycle<'a>(&'a self, path: &mut Vec<&'a str>) -> anyhow::Result<()> {
+        let Some(current) = path.last().and_then(|name| self.components.get(*name)) else {
+            return Ok(());
+        };
+        for target in current.links.values() {
+            if let Some(start) = path.iter().position(|name| name == target) {
+                let mut cycle: Vec<&str> = path[start..].to_vec();
+                cycle.push(target);
+                bail!(
+                    "[component.{}]: components link in a cycle ({}); a component cannot use \
+                     itself, directly or through others",
+                    path[start],
+                    cycle.join(" -> ")
+                );
+            }
+            path.push(target);
+            self.find_cycle(path)?;
+            path.pop();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> anyhow::Result<Config> {
         Config::parse(text, PathBuf::from("/etc/wasmgate"))
+    }
+
+    /// The whole error chain of a config that must be refused.
+    fn refusal(text: &str) -> String {
+        format!("{:#}", parse(text).expect_err("the config must be refused"))
     }
 
     #[test]
@@ -495,5 +637,90 @@ mod tests {
             format!("{err:#}").contains("route 1 (/): max_memory"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn links_must_name_declared_components() {
+        let text = refusal(
+            "[[route]]\npath = \"/\"\ncomponent = \"a.wasm\"\nlinks = { \"local:demo/greet\" = \"greeter\" }\n",
+        );
+        assert!(
+            text.contains("route 1 (/): link `local:demo/greet` names component `greeter`")
+                && text.contains("no [component.greeter]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn link_keys_must_be_interface_names() {
+        let text = refusal(
+            "[component.g]\npath = \"g.wasm\"\n[[route]]\npath = \"/\"\ncomponent = \"a.wasm\"\nlinks = { greet = \"g\" }\n",
+        );
+        assert!(
+            text.contains("link `greet` is not an interface name"),
+            "{text}"
+        );
+        assert!(is_interface_name("wasi:http/types@0.2.0"));
+        assert!(!is_interface_name("wasi:http"));
+        assert!(!is_interface_name(":x/y"));
+    }
+
+    #[test]
+    fn link_cycles_are_named() {
+        let text = refusal(
+            r#"
+            [component.a]
+            path = "a.wasm"
+            links = { "local:x/b" = "b" }
+            [component.b]
+            path = "b.wasm"
+            links = { "local:x/c" = "c" }
+            [component.c]
+            path = "c.wasm"
+            links = { "local:x/a" = "a" }
+            "#,
+        );
+        assert!(
+            text.contains("components link in a cycle (a -> b -> c -> a)"),
+            "{text}"
+        );
+        let text = refusal("[component.a]\npath = \"a.wasm\"\nlinks = { \"local:x/a\" = \"a\" }\n");
+        assert!(text.contains("(a -> a)"), "{text}");
+    }
+
+    #[test]
+    fn a_shared_provider_is_not_a_cycle() {
+        let config = parse(
+            r#"
+            [component.a]
+            path = "a.wasm"
+            links = { "local:x/b" = "b", "local:x/c" = "c" }
+            [component.b]
+            path = "b.wasm"
+            links = { "local:x/c" = "c" }
+            [component.c]
+            path = "c.wasm"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.components.len(), 3);
+        assert_eq!(config.unused_components(), vec!["a", "b", "c"]);
+        let config = parse(
+            r#"
+            [component.a]
+            path = "a.wasm"
+            links = { "local:x/b" = "b" }
+            [component.b]
+            path = "b.wasm"
+            [component.c]
+            path = "c.wasm"
+            [[route]]
+            path = "/"
+            component = "r.wasm"
+            links = { "local:x/a" = "a" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.unused_components(), vec!["c"]);
     }
 }

@@ -34,18 +34,42 @@ pub fn load(
     path: &Path,
     cache_dir: Option<&Path>,
 ) -> anyhow::Result<(Component, Origin)> {
+    let bytes = read_checked(path)?;
+    compile_cached(engine, &bytes, &path.display().to_string(), cache_dir)
+}
+
+/// Reads the component at `path` as binary: a text-format component is converted.
+pub fn read_binary(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = read_checked(path)?;
+    wat::parse_bytes(&bytes)
+        .map(|binary| binary.into_owned())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot parse component {}", path.display()))
+}
+
+fn read_checked(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
     check_is_component(&bytes)
         .with_context(|| format!("{} is not a usable component", path.display()))?;
+    Ok(bytes)
+}
 
-    let cached = cache_dir.map(|dir| cache_path(engine, dir, &bytes));
+/// Compiles `bytes` (or loads them compiled from the cache); `label` names them in the log and
+/// in errors.
+pub fn compile_cached(
+    engine: &Engine,
+    bytes: &[u8],
+    label: &str,
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<(Component, Origin)> {
+    let cached = cache_dir.map(|dir| cache_path(engine, dir, bytes));
     if let Some(cached) = cached.as_ref().filter(|c| c.exists()) {
         // SAFETY: the cache holds only files this gateway serialized with an engine of the same
         // compatibility hash (part of the file name); the directory is the operator's.
         match unsafe { Component::deserialize_file(engine, cached) } {
             Ok(component) => {
-                tracing::info!(component = %path.display(), cache = %cached.display(), "loaded compiled component from cache");
+                tracing::info!(component = %label, cache = %cached.display(), "loaded compiled component from cache");
                 return Ok((component, Origin::Cache));
             }
             Err(e) => tracing::warn!(
@@ -56,11 +80,11 @@ pub fn load(
     }
 
     let started = Instant::now();
-    let component = Component::new(engine, &bytes)
+    let component = Component::new(engine, bytes)
         .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .with_context(|| format!("cannot compile component {}", path.display()))?;
+        .with_context(|| format!("cannot compile component {label}"))?;
     tracing::info!(
-        component = %path.display(),
+        component = %label,
         millis = started.elapsed().as_millis() as u64,
         "compiled component"
     );
@@ -83,12 +107,26 @@ fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
              wrap it with `wasm-tools component new`"
         );
     }
-    // The text format, for hand-written test components.
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]);
-    if text.trim_start().starts_with("(component") {
+    // The text format, for hand-written components: `(component` after comments.
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    if skip_wat_comments(&text).starts_with("(component") {
         return Ok(());
     }
     bail!("it is not a WebAssembly file (no `\\0asm` header)")
+}
+
+/// `text` without the whitespace, `;; line` and `(; block ;)` comments it starts with.
+fn skip_wat_comments(mut text: &str) -> &str {
+    loop {
+        text = text.trim_start();
+        if let Some(rest) = text.strip_prefix(";;") {
+            text = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = text.strip_prefix("(;") {
+            text = rest.split_once(";)").map_or("", |(_, after)| after);
+        } else {
+            return text;
+        }
+    }
 }
 
 fn cache_path(engine: &Engine, dir: &Path, wasm: &[u8]) -> PathBuf {
@@ -136,5 +174,7 @@ mod tests {
         );
         assert!(check_is_component(&COMPONENT_PREAMBLE).is_ok());
         assert!(check_is_component(b"  (component)").is_ok());
+        assert!(check_is_component(b";; a comment\n(; block ;) (component)").is_ok());
+        assert!(check_is_component(b";; only a comment").is_err());
     }
 }

@@ -106,21 +106,29 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// Caps each linear memory at the route's `max_memory`, and remembers refusing, so a trap that
+/// Caps the linear memory of one request's instance at the route's `max_memory`: all of its
+/// memories together, so linked components share the limit. Remembers refusing, so a trap that
 /// follows is counted as running out of memory.
 struct MemoryLimiter {
     max_memory: usize,
+    /// Bytes of linear memory granted so far, over every memory of the store.
+    granted: usize,
     refused: bool,
 }
 
 impl ResourceLimiter for MemoryLimiter {
+    /// Called when a memory is created (from 0 to its initial size) and on every `memory.grow`.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.max_memory;
+        let after = self.granted.saturating_add(desired.saturating_sub(current));
+        let allowed = after <= self.max_memory;
+        if allowed {
+            self.granted = after;
+        }
         self.refused |= !allowed;
         Ok(allowed)
     }
@@ -355,6 +363,7 @@ impl ComponentRoute {
             },
             limiter: MemoryLimiter {
                 max_memory: settings.max_memory,
+                granted: 0,
                 refused: false,
             },
             keyvalue: settings.keyvalue.clone(),
