@@ -46,8 +46,9 @@ wait_http() {
 bench() {
   local name=$1 url=$2; shift 2
   local conns=${CONNECTIONS:-64} duration=${DURATION:-10s}
-  wrk -t2 -c"$conns" -d2s "$@" "$url" >/dev/null 2>&1 || true
-  wrk -t2 -c"$conns" -d"$duration" --latency "$@" "$url" > "$RESULTS/$name.wrk" 2>&1
+  local threads=$(( conns < 2 ? conns : 2 ))
+  wrk -t"$threads" -c"$conns" -d2s "$@" "$url" >/dev/null 2>&1 || true
+  wrk -t"$threads" -c"$conns" -d"$duration" --latency "$@" "$url" > "$RESULTS/$name.wrk" 2>&1
   python3 - "$name" "$RESULTS/$name.wrk" <<'PY'
 import re, sys
 name, path = sys.argv[1], sys.argv[2]

@@ -21,7 +21,7 @@ build_all
 RELEASE="$ROOT/guests/target/wasm32-wasip2/release"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
-echo "load: wrk -t2 -d${DURATION:-10s} (after a 2 s warm-up), -c1 and -c64, RUST_BACKTRACE unset"
+echo "load: wrk -t1 -c1 and -t2 -c64, -d${DURATION:-10s} (after a 2 s warm-up), RUST_BACKTRACE unset"
 echo
 
 config="$RESULTS/wasmgate-linked.toml"

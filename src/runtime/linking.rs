@@ -21,7 +21,7 @@
 //! a direct call between two instances through an adapter wasmtime compiles, with no host
 //! function in between, and every kind of value the component model has crosses it, resources
 //! included. The cost is that each request instantiates the providers too, called or not; see
-//! docs/linking.md for the numbers.
+//! docs/perf.md for the numbers.
 //!
 //! Checked here, with errors that name the component and the interface: a link whose interface
 //! the linking component does not import, a provider that does not export the interface, and
