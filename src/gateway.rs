@@ -74,26 +74,25 @@ impl Gateway {
 
         // Each distinct component file (with the same links) is loaded once, however many routes
         // use it.
-        let mut loaded: HashMap<(PathBuf, &BTreeMap<String, String>), Component> = HashMap::new();
+        let mut loaded: HashMap<(PathBuf, &BTreeMap<String, String>), ProxyPre<HostState>> =
+            HashMap::new();
         let mut components = Vec::new();
         let mut specs = Vec::with_capacity(config.routes.len());
         for (index, route) in config.routes.iter().enumerate() {
             let name = route.describe(index);
             let path = config.resolve(&route.component);
             let key = (path.clone(), &route.links);
-            let component = match loaded.get(&key) {
-                Some(component) => component.clone(),
+            let pre = match loaded.get(&key) {
+                Some(pre) => pre.clone(),
                 None => {
-                    let (component, origin) = load_route_component(config, route, &engine)
+                    let (pre, origin) = load_route_component(config, route, &engine, &linker)
                         .map_err(|e| with_build_hint(e, &path))
                         .with_context(|| name.clone())?;
                     components.push((path.clone(), origin));
-                    loaded.insert(key, component.clone());
-                    component
+                    loaded.insert(key, pre.clone());
+                    pre
                 }
             };
-            let pre = pre_instantiate(&linker, &component)
-                .with_context(|| format!("{name}: component {}", path.display()))?;
             let grants = stores
                 .grants(&route.keyvalue)
                 .with_context(|| name.clone())?;
@@ -325,42 +324,53 @@ async fn drain<B: http_body::Body<Data = bytes::Bytes> + Unpin>(mut body: B) {
     .await;
 }
 
-/// Pre-instantiates a component; the errors say which import or export is the problem.
-/// The route's component, composed with the components it links to if it has `links`.
+/// The route's component, composed with the components it links to if it has `links`, compiled
+/// and pre-instantiated.
 fn load_route_component(
     config: &Config,
     route: &RouteConfig,
     engine: &wasmtime::Engine,
-) -> anyhow::Result<(Component, Origin)> {
+    linker: &Linker<HostState>,
+) -> anyhow::Result<(ProxyPre<HostState>, Origin)> {
     let path = config.resolve(&route.component);
     let cache_dir = config.cache_dir();
+    let in_context = |e: anyhow::Error| e.context(format!("component {}", path.display()));
     if route.links.is_empty() {
-        return component::load(engine, &path, cache_dir.as_deref());
+        let (component, origin) = component::load(engine, &path, cache_dir.as_deref())?;
+        let pre = pre_instantiate(linker, &component, None).map_err(in_context)?;
+        return Ok((pre, origin));
     }
-    let composed = linking::compose(&path, &route.links, &config.components, &|p| {
+    let composition = linking::compose(&path, &route.links, &config.components, &|p| {
         config.resolve(p)
     })?;
     let providers: Vec<&str> = route.links.values().map(String::as_str).collect();
     let label = format!("{} linked to {}", path.display(), providers.join(", "));
-    component::compile_cached(engine, &composed, &label, cache_dir.as_deref())
+    let (component, origin) =
+        component::compile_cached(engine, &composition.bytes, &label, cache_dir.as_deref())?;
+    let pre = pre_instantiate(linker, &component, Some(&composition)).map_err(in_context)?;
+    Ok((pre, origin))
 }
 
+/// Pre-instantiates a component; the errors say which import or export is the problem.
 fn pre_instantiate(
     linker: &Linker<HostState>,
     component: &Component,
+    composition: Option<&linking::Composition>,
 ) -> anyhow::Result<ProxyPre<HostState>> {
     let pre = linker
         .instantiate_pre(component)
-        .map_err(|e| unsupplied_import(component, linker.engine(), &e))?;
+        .map_err(|e| unsupplied_import(component, linker.engine(), composition, &e))?;
     ProxyPre::new(pre).map_err(|e| {
         anyhow::anyhow!("it does not export `wasi:http/incoming-handler` (WASI 0.2), so it cannot serve HTTP: {e:#}")
     })
 }
 
-/// Names the import that neither the host nor a link supplies, and how to supply it.
+/// Names the import that neither the host nor a link supplies, which component imports it, and
+/// how to supply it.
 fn unsupplied_import(
     component: &Component,
     engine: &wasmtime::Engine,
+    composition: Option<&linking::Composition>,
     error: &wasmtime::Error,
 ) -> anyhow::Error {
     let text = format!("{error:#}");
@@ -371,16 +381,28 @@ fn unsupplied_import(
         .find(|name| text.contains(&format!("`{name}`")));
     let provided = "wasmgate provides WASI 0.2, wasi:http, wasi:keyvalue 0.2.0-draft and \
                     -draft2, wasi:logging 0.1.0-draft and wasi:config 0.2.0-draft";
-    match import {
-        Some(import) if text.contains("matching implementation was not found") => anyhow::anyhow!(
-            "it imports `{import}`, which neither the gateway nor a link supplies ({provided}; \
-             to link an interface that another component exports, declare it as \
-             [component.NAME] and add `links = {{ \"{import}\" = \"NAME\" }}` to the route)"
-        ),
-        _ => anyhow::anyhow!(
+    let Some(import) = import.filter(|_| text.contains("matching implementation was not found"))
+    else {
+        return anyhow::anyhow!(
             "it cannot be linked against what the gateway provides: {text} ({provided})"
+        );
+    };
+    let importers = composition.map_or(&[][..], |c| c.importers_of(&import));
+    let (who, add_to) = match importers {
+        [] => ("it imports".to_string(), "the route".to_string()),
+        [one] if one == linking::ROUTE_COMPONENT => {
+            ("it imports".to_string(), "the route".to_string())
+        }
+        [one, ..] => (
+            format!("{} imports", importers.join(" and ")),
+            one.replace(linking::ROUTE_COMPONENT, "the route"),
         ),
-    }
+    };
+    anyhow::anyhow!(
+        "{who} `{import}`, which neither the gateway nor a link supplies ({provided}; to link an \
+         interface that another component exports, declare that one as [component.NAME] and \
+         add `links = {{ \"{import}\" = \"NAME\" }}` to {add_to})"
+    )
 }
 
 fn component_route(

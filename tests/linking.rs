@@ -28,7 +28,6 @@ host = "relayed.test"
 path = "/greet/..."
 component = {greet_http}
 links = {{ "local:greeter-demo/greet" = "relay" }}
-max_memory = "48MiB"
 "#,
         greeter = toml_path(&guest("greeter")),
         greet_http = toml_path(&guest("greet-http")),
@@ -165,6 +164,21 @@ fn an_import_nothing_supplies_is_named_at_load() {
 }
 
 #[test]
+fn an_import_of_a_linked_component_that_nothing_supplies_names_that_component() {
+    let output = check_fails(&format!(
+        "[component.relay]\npath = {}\n\n[[route]]\npath = \"/greet/...\"\ncomponent = {}\nlinks = {{ \"local:greeter-demo/greet\" = \"relay\" }}\n",
+        toml_path(&relay_component()),
+        toml_path(&guest("greet-http"))
+    ));
+    assert!(
+        output.contains(
+            "[component.relay] imports `local:greeter-demo/greet`, which neither the gateway nor a link supplies"
+        ) && output.contains("= \"NAME\" }` to [component.relay])"),
+        "the relay, not the route's component, lacks the link:\n{output}"
+    );
+}
+
+#[test]
 fn a_link_to_a_component_without_the_export_is_refused() {
     let output = check_fails(&format!(
         "[[route]]\npath = \"/greet/...\"\ncomponent = {}\nlinks = {{ \"local:greeter-demo/greet\" = \"hello\" }}\n",
@@ -172,7 +186,7 @@ fn a_link_to_a_component_without_the_export_is_refused() {
     ));
     assert!(
         output.contains("links `local:greeter-demo/greet` to component `hello`")
-            && output.contains("which does not export it")
+            && output.contains("which does not export `local:greeter-demo/greet`")
             && output.contains("wasi:http/incoming-handler@0.2."),
         "names the interface and lists what `hello` does export:\n{output}"
     );
@@ -185,7 +199,9 @@ fn a_link_the_component_does_not_import_is_refused() {
         toml_path(&guest("hello"))
     ));
     assert!(
-        output.contains("does not import `local:greeter-demo/greet`, so it cannot be linked"),
+        output.contains(
+            "cannot be linked to `local:greeter-demo/greet`: it imports no `local:greeter-demo/greet`"
+        ),
         "{output}"
     );
 }

@@ -17,11 +17,18 @@ use std::thread::JoinHandle;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Core instances (modules) one component may contain; a Rust `wasm32-wasip2` component has a
-/// handful, components from other toolchains a few dozen.
-const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 50;
-/// Memories and tables one component may define.
-const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
-const MAX_TABLES_PER_COMPONENT: u32 = 20;
+/// handful, components from other toolchains a few dozen, and a route's component composed with
+/// the components it links to (`runtime::linking`) has the sum of theirs.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 100;
+/// Memories and tables one component may define: one memory per linked component, usually.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 16;
+const MAX_TABLES_PER_COMPONENT: u32 = 40;
+/// Pool slots per instance slot, on average: a plain Rust component uses one memory and about
+/// four core instances; a route linked to one other component twice that. The slots are
+/// address space and bookkeeping, not committed memory.
+const MEMORIES_PER_INSTANCE: u32 = 4;
+const CORE_INSTANCES_PER_INSTANCE: u32 = 16;
+const TABLES_PER_INSTANCE: u32 = 16;
 
 /// Which allocator the engine ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +71,9 @@ fn pooling_config(config: &EngineConfig) -> PoolingAllocationConfig {
     let instances = config.max_instances;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
-        .total_core_instances(instances.saturating_mul(8))
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(8))
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
+        .total_memories(instances.saturating_mul(MEMORIES_PER_INSTANCE))
+        .total_tables(instances.saturating_mul(TABLES_PER_INSTANCE))
         .total_stacks(instances)
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)

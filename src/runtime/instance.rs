@@ -122,8 +122,14 @@ impl ResourceLimiter for MemoryLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Growth past the memory's own maximum (declared, or its pool slot) fails after this
+        // returns, with no further call to undo a grant: refuse it here, uncounted, so that
+        // failed attempts do not use up the route's budget.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         let after = self.granted.saturating_add(desired.saturating_sub(current));
         let allowed = after <= self.max_memory;
         if allowed {
@@ -429,5 +435,47 @@ impl<'a> GaugeGuard<'a> {
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    fn limiter(max_memory: usize) -> MemoryLimiter {
+        MemoryLimiter {
+            max_memory,
+            granted: 0,
+            refused: false,
+        }
+    }
+
+    #[test]
+    fn the_limit_covers_every_memory_of_the_store_together() {
+        let mut limiter = limiter(10 * MIB);
+        // Two memories created (0 -> initial), then grown.
+        assert!(limiter.memory_growing(0, 4 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 4 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(4 * MIB, 6 * MIB, None).unwrap());
+        assert_eq!(limiter.granted, 10 * MIB);
+        assert!(!limiter.refused);
+        // Either memory growing further would exceed the shared 10 MiB.
+        assert!(!limiter.memory_growing(4 * MIB, 5 * MIB, None).unwrap());
+        assert!(limiter.refused);
+        assert_eq!(limiter.granted, 10 * MIB);
+    }
+
+    #[test]
+    fn growth_past_a_memory_maximum_is_refused_without_using_the_budget() {
+        let mut limiter = limiter(10 * MIB);
+        assert!(limiter.memory_growing(0, MIB, Some(2 * MIB)).unwrap());
+        for _ in 0..100 {
+            assert!(!limiter.memory_growing(MIB, 3 * MIB, Some(2 * MIB)).unwrap());
+        }
+        assert_eq!(limiter.granted, MIB);
+        assert!(!limiter.refused, "the route's limit was not what refused");
+        assert!(limiter.memory_growing(0, 9 * MIB, None).unwrap());
     }
 }
