@@ -1,0 +1,118 @@
+//! In-process benchmark: what a request costs on the hello route and on routes linked to another
+//! component (docs/linking.md), without sockets or a load generator in the way.
+//!
+//! Run with `cargo bench --bench linked_call` (after the guests are built; building wasmgate builds
+//! them). Each scenario serves `ITERATIONS` requests one after another through the gateway's
+//! request path (routing, admission, a fresh instance per request, the response body read to the
+//! end), on a single-threaded tokio runtime, and prints the median and mean time per request.
+//! Set `RUST_BACKTRACE` unset: wasmtime captures a backtrace on every store drop when it is set.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmgate::capabilities::outbound_http::SelfDispatch;
+use wasmgate::config::Config;
+use wasmgate::gateway::Gateway;
+use wasmgate::metrics::Metrics;
+
+const WARMUP: usize = 2_000;
+const ITERATIONS: usize = 20_000;
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+        eprintln!("note: RUST_BACKTRACE is set; wasmtime will capture backtraces (slower)");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let release = root.join("guests/target/wasm32-wasip2/release");
+    let config = format!(
+        r#"
+[engine]
+cache_dir = {cache:?}
+max_instances = 16
+
+[component.greeter]
+path = {greeter:?}
+
+[[route]]
+path = "/hello"
+component = {hello:?}
+
+[[route]]
+path = "/greet/..."
+component = {greet_http:?}
+links = {{ "local:greeter-demo/greet" = "greeter" }}
+"#,
+        cache = root.join("target/wasmgate-cache").display().to_string(),
+        greeter = release.join("greeter.wasm").display().to_string(),
+        hello = release.join("hello.wasm").display().to_string(),
+        greet_http = release.join("greet_http.wasm").display().to_string(),
+    );
+    let config = Config::parse(&config, root.to_path_buf())?;
+    let gateway = Arc::new(Gateway::build(&config, Metrics::new())?);
+    gateway.attach_self();
+
+    let names: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+    let counter = format!("/greet/counter?names={}", names.join(","));
+    let scenarios = [
+        ("hello", "/hello"),
+        ("linked pair, no call", "/greet/local"),
+        ("one linked call", "/greet?name=Ada"),
+        ("resource + 101 linked calls", counter.as_str()),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "{} requests per scenario after {} warm-up, one at a time, in process",
+        ITERATIONS, WARMUP
+    );
+    let mut medians = Vec::new();
+    for (name, path) in scenarios {
+        let (median, mean) = runtime.block_on(measure(&gateway, path))?;
+        println!(
+            "{name:<28} median {:>7.2} us   mean {:>7.2} us",
+            micros(median),
+            micros(mean)
+        );
+        medians.push(micros(median));
+    }
+    println!(
+        "over hello (medians): linked pair {:+.2} us; one call {:+.2} us more; 101 calls {:+.2} us \
+         more ({:.2} us per call)",
+        medians[1] - medians[0],
+        medians[2] - medians[1],
+        medians[3] - medians[1],
+        (medians[3] - medians[1]) / 101.0
+    );
+    Ok(())
+}
+
+async fn measure(gateway: &Arc<Gateway>, path: &str) -> anyhow::Result<(Duration, Duration)> {
+    let mut times = Vec::with_capacity(ITERATIONS);
+    for i in 0..WARMUP + ITERATIONS {
+        let request = http::Request::get(format!("http://self{path}"))
+            .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync())?;
+        let started = Instant::now();
+        let response = gateway.dispatch(request, 1).await;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        let elapsed = started.elapsed();
+        anyhow::ensure!(
+            status.is_success(),
+            "{path}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        if i >= WARMUP {
+            times.push(elapsed);
+        }
+    }
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    times.sort();
+    Ok((times[times.len() / 2], mean))
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
