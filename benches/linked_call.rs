@@ -1,7 +1,7 @@
 //! In-process benchmark: what a request costs on the hello route and on routes linked to another
 //! component (docs/linking.md), without sockets or a load generator in the way.
 //!
-//! Run with `cargo bench --bench linked_call` (after the guests are built; building wasmgate builds
+//! Run with `cargo bench --bench linked_call [-- WORD]` (after the guests are built; building wasmgate builds
 //! them). Each scenario serves `ITERATIONS` requests one after another through the gateway's
 //! request path (routing, admission, a fresh instance per request, the response body read to the
 //! end), on a single-threaded tokio runtime, and prints the median and mean time per request.
@@ -68,6 +68,23 @@ links = {{ "local:greeter-demo/greet" = "greeter" }}
         "{} requests per scenario after {} warm-up, one at a time, in process",
         ITERATIONS, WARMUP
     );
+    // `cargo bench --bench linked_call -- WORD` runs only the scenarios whose name has WORD
+    // (for profiling one of them); cargo itself passes `--bench`.
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
+    if let Some(word) = &filter {
+        for (name, path) in scenarios
+            .iter()
+            .filter(|(name, _)| name.contains(word.as_str()))
+        {
+            let (median, mean) = runtime.block_on(measure(&gateway, path))?;
+            println!(
+                "{name:<28} median {:>7.2} us   mean {:>7.2} us",
+                micros(median),
+                micros(mean)
+            );
+        }
+        return Ok(());
+    }
     let mut medians = Vec::new();
     for (name, path) in scenarios {
         let (median, mean) = runtime.block_on(measure(&gateway, path))?;

@@ -421,8 +421,15 @@ fn component_route(
     let max_memory = route
         .max_memory
         .unwrap_or(config.engine.max_instance_memory);
+    let file = route.component.file_name().map_or_else(
+        || route.component.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let providers: std::collections::BTreeSet<&String> = route.links.values().collect();
+    let linked: String = providers.iter().map(|name| format!("+{name}")).collect();
     let settings = RouteSettings {
         name: route.path.as_str().into(),
+        component: format!("{file}{linked}").into(),
         env: route
             .env
             .iter()

@@ -126,7 +126,9 @@ async fn a_trap_in_the_linked_component_fails_only_that_request() {
         "guest details stay in the log: {body}"
     );
     gw.wait_for_output(std::time::Duration::from_secs(5), |line| {
-        line.contains(request_id) && line.contains("greeter was asked to trap")
+        line.contains(request_id)
+            && line.contains("greeter was asked to trap")
+            && line.contains("component=greet_http.wasm+greeter")
     });
 
     let (status, _, body) = get(&http1(), &gw.url("/greet?name=again")).await;

@@ -59,6 +59,7 @@ async fn every_level_arrives_as_a_json_line_with_route_and_request_id() {
             format!("\"level\":\"{json_level}\""),
             format!("\"request_id\":\"{request_id}\""),
             "\"route\":\"/log\"".to_string(),
+            "\"component\":\"logger.wasm\"".to_string(),
             "\"context\":\"logger-guest\"".to_string(),
             "\"timestamp\":".to_string(),
         ] {

@@ -54,6 +54,8 @@ impl LogBudget {
 /// What the host function sees of a request.
 pub struct LoggingView<'a> {
     pub route: &'a str,
+    /// The route's component, as [`RouteSettings::component`](crate::runtime::instance::RouteSettings) names it.
+    pub component: &'a str,
     pub request_id: &'a str,
     pub budget: &'a mut LogBudget,
     pub metrics: &'a Metrics,
@@ -92,32 +94,37 @@ impl logging::Host for LoggingView<'_> {
             if self.budget.dropped == 1 {
                 tracing::warn!(
                     target: "wasmgate::guest",
-                    route = self.route, request_id = self.request_id,
+                    route = self.route, component = self.component, request_id = self.request_id,
                     "the component used up its log budget for this request; further messages are dropped"
                 );
             }
             return;
         }
         self.metrics.guest_log(self.route, name, "logged");
-        let (route, request_id, context) = (self.route, self.request_id, context.as_str());
+        let (route, component, request_id, context) = (
+            self.route,
+            self.component,
+            self.request_id,
+            context.as_str(),
+        );
         match level {
             Level::Trace => {
-                tracing::trace!(target: "wasmgate::guest", route, request_id, context, level = name, "{message}")
+                tracing::trace!(target: "wasmgate::guest", route, component, request_id, context, level = name, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "wasmgate::guest", route, request_id, context, level = name, "{message}")
+                tracing::debug!(target: "wasmgate::guest", route, component, request_id, context, level = name, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "wasmgate::guest", route, request_id, context, level = name, "{message}")
+                tracing::info!(target: "wasmgate::guest", route, component, request_id, context, level = name, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "wasmgate::guest", route, request_id, context, level = name, "{message}")
+                tracing::warn!(target: "wasmgate::guest", route, component, request_id, context, level = name, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "wasmgate::guest", route, request_id, context, level = name, "{message}")
+                tracing::error!(target: "wasmgate::guest", route, component, request_id, context, level = name, "{message}")
             }
             Level::Critical => {
-                tracing::error!(target: "wasmgate::guest", route, request_id, context, level = name, critical = true, "{message}")
+                tracing::error!(target: "wasmgate::guest", route, component, request_id, context, level = name, critical = true, "{message}")
             }
         }
     }

@@ -29,14 +29,21 @@ pub enum Stream {
 pub struct GuestOutput {
     stream: Stream,
     route: Arc<str>,
+    component: Arc<str>,
     request_id: Arc<str>,
 }
 
 impl GuestOutput {
-    pub fn new(stream: Stream, route: Arc<str>, request_id: Arc<str>) -> GuestOutput {
+    pub fn new(
+        stream: Stream,
+        route: Arc<str>,
+        component: Arc<str>,
+        request_id: Arc<str>,
+    ) -> GuestOutput {
         GuestOutput {
             stream,
             route,
+            component,
             request_id,
         }
     }
@@ -102,16 +109,19 @@ impl LineLogger {
         let GuestOutput {
             stream,
             route,
+            component,
             request_id,
         } = &self.output;
         match stream {
             Stream::Stdout => tracing::info!(
                 target: "wasmgate::guest",
-                route = %route, request_id = %request_id, stream = "stdout", "{text}"
+                route = %route, component = %component, request_id = %request_id,
+                stream = "stdout", "{text}"
             ),
             Stream::Stderr => tracing::warn!(
                 target: "wasmgate::guest",
-                route = %route, request_id = %request_id, stream = "stderr", "{text}"
+                route = %route, component = %component, request_id = %request_id,
+                stream = "stderr", "{text}"
             ),
         }
         self.line.clear();

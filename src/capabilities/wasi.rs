@@ -12,18 +12,25 @@ use std::sync::Arc;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 /// Builds the WASI context for one request of one route.
-pub fn guest_context(env: &[(String, String)], route: &Arc<str>, request_id: &Arc<str>) -> WasiCtx {
+pub fn guest_context(
+    env: &[(String, String)],
+    route: &Arc<str>,
+    component: &Arc<str>,
+    request_id: &Arc<str>,
+) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     builder
         .envs(env)
         .stdout(GuestOutput::new(
             Stream::Stdout,
             route.clone(),
+            component.clone(),
             request_id.clone(),
         ))
         .stderr(GuestOutput::new(
             Stream::Stderr,
             route.clone(),
+            component.clone(),
             request_id.clone(),
         ))
         .allow_tcp(false)

@@ -57,6 +57,7 @@ pub struct HostState {
     keyvalue: Grants,
     metrics: Arc<Metrics>,
     route: Arc<str>,
+    component: Arc<str>,
     request_id: Arc<str>,
     log_budget: LogBudget,
     config: ConfigValues,
@@ -66,6 +67,7 @@ impl HostState {
     fn logging(&mut self) -> LoggingView<'_> {
         LoggingView {
             route: &self.route,
+            component: &self.component,
             request_id: &self.request_id,
             budget: &mut self.log_budget,
             metrics: &self.metrics,
@@ -178,6 +180,8 @@ pub enum Failure {
 /// The settings of a component route that shape each request.
 pub struct RouteSettings {
     pub name: Arc<str>,
+    /// The component in log lines: its file name, and `+NAME` for each component it links to.
+    pub component: Arc<str>,
     pub env: Vec<(String, String)>,
     pub outbound: Arc<[OutboundRule]>,
     pub timeout: Duration,
@@ -355,7 +359,12 @@ impl ComponentRoute {
     fn new_store(&self, request_id: &Arc<str>, depth: u32) -> Store<HostState> {
         let settings = &self.settings;
         let state = HostState {
-            wasi: guest_context(&settings.env, &settings.name, request_id),
+            wasi: guest_context(
+                &settings.env,
+                &settings.name,
+                &settings.component,
+                request_id,
+            ),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
@@ -375,6 +384,7 @@ impl ComponentRoute {
             keyvalue: settings.keyvalue.clone(),
             metrics: self.metrics.all().clone(),
             route: settings.name.clone(),
+            component: settings.component.clone(),
             request_id: request_id.clone(),
             log_budget: settings.log_budget.clone(),
             config: settings.config.clone(),
