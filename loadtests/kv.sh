@@ -58,6 +58,11 @@ rm -f "$RESULTS/kv-bench.redb"
 scenario redb "[keyvalue.bench]
 backend = \"redb\"
 path = \"$RESULTS/kv-bench.redb\"" /count/ "-s $ROOT/loadtests/kv-keys.lua"
+rm -f "$RESULTS/kv-bench-synced.redb"
+scenario redb-100ms "[keyvalue.bench]
+backend = \"redb\"
+path = \"$RESULTS/kv-bench-synced.redb\"
+sync_interval = \"100ms\"" /count/ "-s $ROOT/loadtests/kv-keys.lua"
 scenario redis "[keyvalue.bench]
 backend = \"redis\"
 url = \"redis://127.0.0.1:6379\"

@@ -47,7 +47,17 @@ async fn subject(kind: &str) -> Subject {
             let dir = tempfile::tempdir().unwrap();
             let db = open_database(&dir.path().join("kv.redb")).unwrap();
             Subject {
-                backend: Arc::new(RedbBackend::new(db, "test").unwrap()),
+                backend: Arc::new(RedbBackend::new(db, "test", None).unwrap()),
+                _dir: Some(dir),
+                nats_bucket: None,
+            }
+        }
+        "redb-periodic" => {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open_database(&dir.path().join("kv.redb")).unwrap();
+            let interval = Some(std::time::Duration::from_millis(20));
+            Subject {
+                backend: Arc::new(RedbBackend::new(db, "test", interval).unwrap()),
                 _dir: Some(dir),
                 nats_bucket: None,
             }
@@ -99,6 +109,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn redb() {
                 run("redb").await
+            }
+            #[tokio::test]
+            async fn redb_periodic() {
+                run("redb-periodic").await
             }
             #[tokio::test]
             async fn redis() {
@@ -336,17 +350,18 @@ async fn redb_keeps_data_across_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.redb");
     {
-        let kv = RedbBackend::new(open_database(&path).unwrap(), "durable").unwrap();
+        let kv = RedbBackend::new(open_database(&path).unwrap(), "durable", None).unwrap();
         kv.set("kept", b"yes").await.unwrap();
         kv.increment("n", 7).await.unwrap();
     }
-    let kv = RedbBackend::new(open_database(&path).unwrap(), "durable").unwrap();
+    let kv = RedbBackend::new(open_database(&path).unwrap(), "durable", None).unwrap();
     assert_eq!(kv.get("kept").await.unwrap().as_deref(), Some(&b"yes"[..]));
     assert_eq!(kv.increment("n", 1).await.unwrap(), 8);
     // Stores sharing a file are separate tables.
     let other = RedbBackend::new(
         open_database(&dir.path().join("other.redb")).unwrap(),
         "durable",
+        None,
     )
     .unwrap();
     assert_eq!(other.get("kept").await.unwrap(), None);

@@ -181,6 +181,26 @@ async fn redb_data_survives_a_gateway_restart() {
 }
 
 #[tokio::test]
+async fn redb_with_a_sync_interval_keeps_writes_older_than_it_through_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{}sync_interval = \"50ms\"\n{}",
+        store_table("synced", "redb", dir.path()),
+        counter_route("synced")
+    );
+    let mut first = Gateway::start(&routes);
+    for expected in ["1\n", "2\n", "3\n"] {
+        assert_eq!(get(&http1(), &first.url("/count/crash")).await.2, expected);
+    }
+    // Well past the interval, the writes are on disk; SIGKILL leaves the gateway no chance to
+    // sync on the way out.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    first.kill();
+    let second = Gateway::start(&routes);
+    assert_eq!(get(&http1(), &second.url("/count/crash")).await.2, "4\n");
+}
+
+#[tokio::test]
 async fn crud_list_swap_and_limits_through_the_draft2_interface() {
     let dir = tempfile::tempdir().unwrap();
     let routes = format!(

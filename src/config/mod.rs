@@ -211,6 +211,11 @@ pub struct KeyValueConfig {
     /// nats: create the bucket if it does not exist.
     #[serde(default = "default_true")]
     pub create_bucket: bool,
+    /// redb: absent, every write is durable (fsync) before the guest's call returns; a duration,
+    /// writes return without waiting for the disk and are made durable together at most this
+    /// much later, so a crash loses at most that much.
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    pub sync_interval: Option<Duration>,
     /// The longest key a guest may use.
     #[serde(default = "default_max_key_size", deserialize_with = "units::size")]
     pub max_key_size: u64,
@@ -416,6 +421,20 @@ impl Config {
                 store.bucket.is_some(),
                 store.backend == Nats && store.bucket.is_some(),
             )?;
+            needs(
+                "sync_interval",
+                store.sync_interval.is_some(),
+                store.backend == Redb && store.sync_interval.is_some(),
+            )?;
+            if store
+                .sync_interval
+                .is_some_and(|i| i.is_zero() || i > Duration::from_secs(60))
+            {
+                bail!(
+                    "[keyvalue.{name}]: sync_interval must be longer than zero and at most 60s \
+                     (leave it out for a durable commit on every write)"
+                );
+            }
             if store.max_key_size == 0 || store.max_value_size == 0 {
                 bail!("[keyvalue.{name}]: max_key_size and max_value_size must be at least 1");
             }
@@ -646,6 +665,24 @@ mod tests {
         assert!(
             format!("{err:#}").contains("route 1 (/): max_memory"),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn sync_interval_is_for_redb_and_bounded() {
+        let redb = "[keyvalue.k]\nbackend = \"redb\"\npath = \"kv.redb\"\n";
+        let config = parse(&format!("{redb}sync_interval = \"100ms\"\n")).unwrap();
+        assert_eq!(
+            config.keyvalue["k"].sync_interval,
+            Some(Duration::from_millis(100))
+        );
+        assert!(refusal(&format!("{redb}sync_interval = \"0s\"\n")).contains("longer than zero"));
+        assert!(refusal(&format!("{redb}sync_interval = \"5m\"\n")).contains("at most 60s"));
+        let redis = "[keyvalue.k]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1\"\nsync_interval = \"1s\"\n";
+        assert!(
+            refusal(redis).contains("`sync_interval` does not apply to a Redis store"),
+            "{}",
+            refusal(redis)
         );
     }
 

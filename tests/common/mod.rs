@@ -228,6 +228,13 @@ impl Gateway {
         child.wait().expect("wait")
     }
 
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_terminate(&self) {
         let status = Command::new("kill")

@@ -91,7 +91,10 @@ impl Stores {
                             db
                         }
                     };
-                    Arc::new(redb::RedbBackend::new(db, name).with_context(context)?)
+                    Arc::new(
+                        redb::RedbBackend::new(db, name, store.sync_interval)
+                            .with_context(context)?,
+                    )
                 }
                 KeyValueBackend::Redis => {
                     let url = store

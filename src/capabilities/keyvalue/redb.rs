@@ -2,23 +2,34 @@
 //!
 //! Every store is a table in a redb database file; stores configured with the same `path` share
 //! the file (a file can be opened only once per process). Each write is one write transaction,
-//! committed durably before the guest's call returns, so data survives a crash or restart, and an
-//! increment or compare-and-swap is atomic because redb serializes write transactions. redb is
-//! blocking, so every operation runs on tokio's blocking pool.
+//! and an increment or compare-and-swap is atomic because redb serializes write transactions.
+//! redb is blocking, so every operation runs on tokio's blocking pool.
+//!
+//! Durability is the store's choice (`sync_interval`):
+//! * by default each commit is durable (fsync) before the guest's call returns, so a write the
+//!   guest saw succeed survives a crash; throughput is bounded by the disk's fsync rate;
+//! * with `sync_interval`, commits are non-durable (visible to every reader at once, not yet
+//!   synced) and a [`Syncer`] thread makes them durable together with one empty durable commit,
+//!   at most `sync_interval` later, and once more when the store is dropped. A crash loses at most
+//!   the last interval's writes; the file is never corrupted (redb's commit protocol).
 
 use super::backend::{
     Backend, BackendError, KeyPage, add_counter, page_from_sorted, parse_counter,
 };
 use anyhow::Context;
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 pub struct RedbBackend {
     db: Arc<Database>,
     table: Arc<str>,
+    /// Present when commits are non-durable and synced periodically.
+    syncer: Option<Arc<Syncer>>,
 }
 
 /// Opens (or creates) a database file.
@@ -37,8 +48,13 @@ fn storage(e: impl std::fmt::Display) -> BackendError {
 }
 
 impl RedbBackend {
-    /// The store `name` in `db`; creates its table so reads of an empty store work.
-    pub fn new(db: Arc<Database>, name: &str) -> anyhow::Result<RedbBackend> {
+    /// The store `name` in `db`; creates its table so reads of an empty store work. With
+    /// `sync_interval`, writes are synced in the background (see the module docs).
+    pub fn new(
+        db: Arc<Database>,
+        name: &str,
+        sync_interval: Option<Duration>,
+    ) -> anyhow::Result<RedbBackend> {
         let table: Arc<str> = format!("kv:{name}").into();
         let txn = db
             .begin_write()
@@ -46,7 +62,10 @@ impl RedbBackend {
         txn.open_table(TableDefinition::<&str, &[u8]>::new(&table))
             .context("cannot create the store's table")?;
         txn.commit().context("cannot commit to redb")?;
-        Ok(RedbBackend { db, table })
+        let syncer = sync_interval
+            .map(|interval| Syncer::start(db.clone(), interval))
+            .transpose()?;
+        Ok(RedbBackend { db, table, syncer })
     }
 
     /// Runs a read on the blocking pool.
@@ -72,8 +91,12 @@ impl RedbBackend {
         f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let (db, table) = (self.db.clone(), self.table.clone());
+        let syncer = self.syncer.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(storage)?;
+            let mut txn = db.begin_write().map_err(storage)?;
+            if syncer.is_some() {
+                txn.set_durability(Durability::None).map_err(storage)?;
+            }
             let result = {
                 let mut table = txn
                     .open_table(TableDefinition::<&str, &[u8]>::new(&table))
@@ -81,10 +104,81 @@ impl RedbBackend {
                 f(&mut table)?
             };
             txn.commit().map_err(storage)?;
+            if let Some(syncer) = &syncer {
+                syncer.dirty.store(true, Ordering::Release);
+            }
             Ok(result)
         })
         .await
         .map_err(storage)?
+    }
+}
+
+/// Makes a database's non-durable commits durable, every interval and when dropped.
+struct Syncer {
+    db: Arc<Database>,
+    /// A non-durable commit has happened since the last sync.
+    dirty: AtomicBool,
+    stop: AtomicBool,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Syncer {
+    fn start(db: Arc<Database>, interval: Duration) -> anyhow::Result<Arc<Syncer>> {
+        let syncer = Arc::new(Syncer {
+            db,
+            dirty: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            thread: std::sync::Mutex::new(None),
+        });
+        // The thread holds only a weak reference, so dropping the store ends it.
+        let weak = Arc::downgrade(&syncer);
+        let thread = std::thread::Builder::new()
+            .name("wasmgate-redb-sync".into())
+            .spawn(move || {
+                loop {
+                    std::thread::park_timeout(interval);
+                    let Some(syncer) = weak.upgrade() else { return };
+                    if syncer.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    syncer.sync();
+                }
+            })
+            .context("cannot start the redb sync thread")?;
+        if let Ok(mut slot) = syncer.thread.lock() {
+            *slot = Some(thread);
+        }
+        Ok(syncer)
+    }
+
+    /// One empty durable commit, which makes every earlier commit durable, if there were any.
+    fn sync(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let result = self.db.begin_write().map_err(storage).and_then(|mut txn| {
+            txn.set_durability(Durability::Immediate).map_err(storage)?;
+            txn.commit().map_err(storage)
+        });
+        if let Err(e) = result {
+            self.dirty.store(true, Ordering::Release);
+            tracing::warn!(error = %e, "cannot sync the redb store to disk; will retry");
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            thread.thread().unpark();
+            // The thread may be the one dropping the last reference; never join oneself.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+        self.sync();
     }
 }
 
