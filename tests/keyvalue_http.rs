@@ -201,6 +201,25 @@ async fn redb_with_a_sync_interval_keeps_writes_older_than_it_through_a_crash() 
 }
 
 #[tokio::test]
+async fn redb_with_a_sync_interval_loses_nothing_on_a_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{}sync_interval = \"60s\"\n{}",
+        store_table("synced", "redb", dir.path()),
+        counter_route("synced")
+    );
+    let mut first = Gateway::start(&routes);
+    for expected in ["1\n", "2\n"] {
+        assert_eq!(get(&http1(), &first.url("/count/stop")).await.2, expected);
+    }
+    // Long before the interval: only a sync on shutdown (ours, or redb closing the database) can
+    // have saved them.
+    assert!(first.terminate().success());
+    let second = Gateway::start(&routes);
+    assert_eq!(get(&http1(), &second.url("/count/stop")).await.2, "3\n");
+}
+
+#[tokio::test]
 async fn crud_list_swap_and_limits_through_the_draft2_interface() {
     let dir = tempfile::tempdir().unwrap();
     let routes = format!(
