@@ -3,7 +3,8 @@
 //! * `GET /livez`: 200 while the process runs.
 //! * `GET /readyz`: 200 while the gateway accepts traffic, 503 once it is shutting down.
 //! * `GET /metrics`: Prometheus text format.
-//! * `GET /routes`: the route templates, one per line.
+//! * `GET /routes`: one line per route: its template, its component (`+NAME` for each component
+//!   it links to) and `private` for private routes.
 
 use crate::metrics::Metrics;
 use axum::Router;

@@ -122,9 +122,16 @@ impl Gateway {
         })
     }
 
-    /// The route templates, in config order.
-    pub fn route_templates(&self) -> Vec<String> {
-        self.routes.targets().map(|(t, _)| t.to_string()).collect()
+    /// One line per route, in config order: the template, the component (with `+NAME` for each
+    /// component it links to) and, for private routes, `private`.
+    pub fn route_lines(&self) -> Vec<String> {
+        self.routes
+            .targets()
+            .map(|(template, route)| {
+                let private = if route.is_private() { " private" } else { "" };
+                format!("{template} {}{private}", route.component())
+            })
+            .collect()
     }
 
     /// Serves one request from a client; never fails: every problem becomes a status code.

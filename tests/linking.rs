@@ -89,6 +89,12 @@ async fn the_linked_greeter_answers_strings_records_results_and_resources() {
 #[tokio::test]
 async fn every_request_gets_fresh_linked_instances() {
     let gw = Gateway::start(&routes());
+    let (_, _, listed) = get(&http1(), &gw.admin_url("/routes")).await;
+    assert!(
+        listed.contains("/greet/... greet_http.wasm+greeter\n")
+            && listed.contains("greet_http.wasm+relay\n"),
+        "the admin route list names the linked components: {listed}"
+    );
     for _ in 0..3 {
         let (status, _, body) = get(&http1(), &gw.url("/greet/counter?names=x")).await;
         assert_eq!(

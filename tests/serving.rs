@@ -266,7 +266,11 @@ async fn probes_and_metrics_on_the_admin_port() {
     let (status, _, _) = get(&http1(), &gw.admin_url("/readyz")).await;
     assert_eq!(status, StatusCode::OK);
     let (_, _, routes) = get(&http1(), &gw.admin_url("/routes")).await;
-    assert!(routes.contains("/hello/:name\n") && routes.contains("/echo/:id/...\n"));
+    assert!(
+        routes.contains("/hello/:name hello.wasm\n")
+            && routes.contains("/echo/:id/... echo.wasm\n"),
+        "{routes}"
+    );
 
     get(&http1(), &gw.url("/hello/metrics")).await;
     get(&http1(), &gw.url("/nowhere")).await;

@@ -225,6 +225,11 @@ impl ComponentRoute {
         self.settings.private
     }
 
+    /// The component, as log lines name it.
+    pub fn component(&self) -> &str {
+        &self.settings.component
+    }
+
     /// Runs the request through a fresh instance; see the module docs. `request_cut` is set by
     /// the request body if the gateway cut it off; the response is then aborted, not completed.
     /// `depth` counts self-calls (0 for a request from outside).

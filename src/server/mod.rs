@@ -57,7 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
         ready: ready.clone(),
-        routes: gateway.route_templates(),
+        routes: gateway.route_lines(),
     });
     let admin_task = tokio::spawn(async move {
         let serve = axum::serve(admin_listener, admin_app).with_graceful_shutdown(async {
