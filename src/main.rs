@@ -81,6 +81,9 @@ fn check(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
         config.routes.len(),
         gateway.components.len()
     );
+    for line in gateway.route_lines() {
+        println!("  {line}");
+    }
     Ok(())
 }
 
