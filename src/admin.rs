@@ -4,7 +4,7 @@
 //! * `GET /readyz`: 200 while the gateway accepts traffic, 503 once it is shutting down.
 //! * `GET /metrics`: Prometheus text format.
 //! * `GET /routes`: one line per route: its template, its component (`+NAME` for each component
-//!   it links to) and `private` for private routes.
+//!   the route's `links` name) and `private` for private routes.
 
 use crate::metrics::Metrics;
 use axum::Router;

@@ -497,7 +497,7 @@ impl Config {
         for name in self.components.keys() {
             if !is_component_name(name) {
                 bail!(
-                    "[component.{name}]: a component name may have only lowercase letters, digits,                      `-` and `_`"
+                    "[component.{name}]: a component name may have only lowercase letters, digits, `-` and `_`"
                 );
             }
         }
@@ -696,6 +696,18 @@ mod tests {
                 && text.contains("no [component.greeter]"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn component_names_are_checked() {
+        let text = refusal("[component.Greeter]\npath = \"g.wasm\"\n");
+        assert!(
+            text.contains(
+                "[component.Greeter]: a component name may have only lowercase letters, digits, `-` and `_`"
+            ),
+            "{text}"
+        );
+        assert!(is_component_name("greeter_2-x"));
     }
 
     #[test]

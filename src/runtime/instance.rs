@@ -180,7 +180,8 @@ pub enum Failure {
 /// The settings of a component route that shape each request.
 pub struct RouteSettings {
     pub name: Arc<str>,
-    /// The component in log lines: its file name, and `+NAME` for each component it links to.
+    /// The component in log lines: its file name, and `+NAME` for each component the route's
+    /// `links` name.
     pub component: Arc<str>,
     pub env: Vec<(String, String)>,
     pub outbound: Arc<[OutboundRule]>,
