@@ -6,11 +6,12 @@
 //! the config. Per-route handles are resolved once when the route is built ([`RouteMetrics`]) so
 //! the request path does not hash label values for them.
 
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The route label for requests no route matched.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -199,8 +200,24 @@ impl Metrics {
                 .outbound_requests
                 .with_label_values(&[route, "allowed"]),
             outbound_denied: self.outbound_requests.with_label_values(&[route, "denied"]),
+            guest_logs: GUEST_LOG_LEVELS.map(|level| {
+                ["logged", "dropped"]
+                    .map(|outcome| Lazy::new(&self.guest_log_messages, &[route, level, outcome]))
+            }),
             all: self.clone(),
         })
+    }
+
+    /// Handles for one operation on one keyvalue store.
+    pub fn keyvalue_op(&self, store: &str, backend: &str, op: &str) -> KeyValueOpMetrics {
+        let outcome =
+            |outcome: &str| Lazy::new(&self.keyvalue_operations, &[store, backend, op, outcome]);
+        KeyValueOpMetrics {
+            ok: outcome("ok"),
+            invalid: outcome("invalid"),
+            error: outcome("error"),
+            duration: Lazy::new(&self.keyvalue_duration, &[backend, op]),
+        }
     }
 
     /// Records a finished request (headers sent).
@@ -227,22 +244,51 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Counts a keyvalue operation outside any store's handles (a refused `open`).
     pub fn keyvalue_operation(&self, store: &str, backend: &str, op: &str, outcome: &str) {
         self.keyvalue_operations
             .with_label_values(&[store, backend, op, outcome])
             .inc();
     }
+}
 
-    pub fn guest_log(&self, route: &str, level: &str, outcome: &str) {
-        self.guest_log_messages
-            .with_label_values(&[route, level, outcome])
-            .inc();
+/// The `level` label values of `wasmgate_guest_log_messages_total`, in `wasi:logging`'s order.
+pub const GUEST_LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "critical"];
+
+/// One keyvalue operation's handles on one store.
+pub struct KeyValueOpMetrics {
+    pub ok: Lazy<IntCounter>,
+    pub invalid: Lazy<IntCounter>,
+    pub error: Lazy<IntCounter>,
+    pub duration: Lazy<Histogram>,
+}
+
+/// One labelled series, looked up in its vector on first use and kept: later uses skip the
+/// lookup (hashing the labels under a lock), and a series nobody used stays out of `/metrics`.
+pub struct Lazy<M> {
+    series: OnceLock<M>,
+    resolve: Box<dyn Fn() -> M + Send + Sync>,
+}
+
+impl<M> Lazy<M> {
+    fn new<V>(vec: &MetricVec<V>, labels: &[&str]) -> Lazy<M>
+    where
+        V: MetricVecBuilder<M = M> + 'static,
+        M: Send + Sync + 'static,
+    {
+        let vec = vec.clone();
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        Lazy {
+            series: OnceLock::new(),
+            resolve: Box::new(move || {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                vec.with_label_values(&labels)
+            }),
+        }
     }
 
-    pub fn keyvalue_duration(&self, backend: &str, op: &str, seconds: f64) {
-        self.keyvalue_duration
-            .with_label_values(&[backend, op])
-            .observe(seconds);
+    pub fn get(&self) -> &M {
+        self.series.get_or_init(|| (self.resolve)())
     }
 }
 
@@ -256,6 +302,8 @@ pub struct RouteMetrics {
     rejected: [IntCounter; 3],
     outbound_allowed: IntCounter,
     outbound_denied: IntCounter,
+    /// By level (as [`GUEST_LOG_LEVELS`]), then logged / dropped.
+    guest_logs: [[Lazy<IntCounter>; 2]; 6],
     all: Arc<Metrics>,
 }
 
@@ -272,6 +320,13 @@ impl RouteMetrics {
         match outcome {
             "denied" => self.outbound_denied.inc(),
             _ => self.outbound_allowed.inc(),
+        }
+    }
+
+    /// Counts a `wasi:logging` message; `level` indexes [`GUEST_LOG_LEVELS`].
+    pub fn guest_log(&self, level: usize, logged: bool) {
+        if let Some(level) = self.guest_logs.get(level) {
+            level[usize::from(!logged)].get().inc();
         }
     }
 

@@ -9,7 +9,7 @@
 //! flooding the logs: past it, messages are dropped and counted in
 //! `wasmgate_guest_log_messages_total{outcome="dropped"}`, and one warning says so.
 
-use crate::metrics::Metrics;
+use crate::metrics::{GUEST_LOG_LEVELS, RouteMetrics};
 use wasmtime::component::{HasData, Linker};
 
 mod bindings {
@@ -53,12 +53,12 @@ impl LogBudget {
 
 /// What the host function sees of a request.
 pub struct LoggingView<'a> {
-    pub route: &'a str,
+    /// The route's metric handles; also its name.
+    pub metrics: &'a RouteMetrics,
     /// The route's component, as [`RouteSettings::component`](crate::runtime::instance::RouteSettings) names it.
     pub component: &'a str,
     pub request_id: &'a str,
     pub budget: &'a mut LogBudget,
-    pub metrics: &'a Metrics,
 }
 
 struct Logging;
@@ -75,38 +75,36 @@ pub fn add_to_linker<T: Send + 'static>(
     Ok(())
 }
 
-fn level_name(level: Level) -> &'static str {
+/// The level's index in [`GUEST_LOG_LEVELS`], which also holds its name.
+fn level_index(level: Level) -> usize {
     match level {
-        Level::Trace => "trace",
-        Level::Debug => "debug",
-        Level::Info => "info",
-        Level::Warn => "warn",
-        Level::Error => "error",
-        Level::Critical => "critical",
+        Level::Trace => 0,
+        Level::Debug => 1,
+        Level::Info => 2,
+        Level::Warn => 3,
+        Level::Error => 4,
+        Level::Critical => 5,
     }
 }
 
 impl logging::Host for LoggingView<'_> {
     fn log(&mut self, level: Level, context: String, message: String) {
-        let name = level_name(level);
+        let index = level_index(level);
+        let name = GUEST_LOG_LEVELS[index];
+        let route: &str = &self.metrics.route;
         if !self.budget.take(context.len() + message.len()) {
-            self.metrics.guest_log(self.route, name, "dropped");
+            self.metrics.guest_log(index, false);
             if self.budget.dropped == 1 {
                 tracing::warn!(
                     target: "wasmgate::guest",
-                    route = self.route, component = self.component, request_id = self.request_id,
+                    route, component = self.component, request_id = self.request_id,
                     "the component used up its log budget for this request; further messages are dropped"
                 );
             }
             return;
         }
-        self.metrics.guest_log(self.route, name, "logged");
-        let (route, component, request_id, context) = (
-            self.route,
-            self.component,
-            self.request_id,
-            context.as_str(),
-        );
+        self.metrics.guest_log(index, true);
+        let (component, request_id, context) = (self.component, self.request_id, context.as_str());
         match level {
             Level::Trace => {
                 tracing::trace!(target: "wasmgate::guest", route, component, request_id, context, level = name, "{message}")

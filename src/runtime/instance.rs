@@ -27,7 +27,7 @@ use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::logging::{self, LogBudget, LoggingView};
 use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule, SelfHandle};
 use crate::capabilities::wasi::guest_context;
-use crate::metrics::{Metrics, RejectReason, RouteMetrics, TrapKind};
+use crate::metrics::{RejectReason, RouteMetrics, TrapKind};
 use bytes::Bytes;
 use futures::future::Either;
 use http_body::Body;
@@ -55,8 +55,8 @@ pub struct HostState {
     outbound: OutboundPolicy,
     limiter: MemoryLimiter,
     keyvalue: Grants,
-    metrics: Arc<Metrics>,
-    route: Arc<str>,
+    /// The route's metric handles (and its name).
+    metrics: Arc<RouteMetrics>,
     component: Arc<str>,
     request_id: Arc<str>,
     log_budget: LogBudget,
@@ -66,11 +66,10 @@ pub struct HostState {
 impl HostState {
     fn logging(&mut self) -> LoggingView<'_> {
         LoggingView {
-            route: &self.route,
+            metrics: &self.metrics,
             component: &self.component,
             request_id: &self.request_id,
             budget: &mut self.log_budget,
-            metrics: &self.metrics,
         }
     }
 
@@ -84,7 +83,7 @@ impl HostState {
         KeyValueView {
             table: &mut self.table,
             grants: &self.keyvalue,
-            metrics: &self.metrics,
+            metrics: self.metrics.all(),
         }
     }
 }
@@ -388,8 +387,7 @@ impl ComponentRoute {
                 refused: false,
             },
             keyvalue: settings.keyvalue.clone(),
-            metrics: self.metrics.all().clone(),
-            route: settings.name.clone(),
+            metrics: self.metrics.clone(),
             component: settings.component.clone(),
             request_id: request_id.clone(),
             log_budget: settings.log_budget.clone(),

@@ -20,7 +20,7 @@ pub mod redis;
 
 use self::backend::{Backend, BackendError, KeyPage};
 use crate::config::{KeyValueBackend, KeyValueConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{KeyValueOpMetrics, Metrics};
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -49,7 +49,44 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     max_key_size: usize,
     max_value_size: usize,
-    metrics: Arc<Metrics>,
+    /// Metric handles by [`Op`], resolved when the store is built.
+    ops: [KeyValueOpMetrics; Op::ALL.len()],
+}
+
+/// The operations a store counts and times, each its own `op` label.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Get,
+    Set,
+    Delete,
+    Exists,
+    ListKeys,
+    Increment,
+    CompareAndSwap,
+}
+
+impl Op {
+    const ALL: [Op; 7] = [
+        Op::Get,
+        Op::Set,
+        Op::Delete,
+        Op::Exists,
+        Op::ListKeys,
+        Op::Increment,
+        Op::CompareAndSwap,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Delete => "delete",
+            Op::Exists => "exists",
+            Op::ListKeys => "list_keys",
+            Op::Increment => "increment",
+            Op::CompareAndSwap => "compare_and_swap",
+        }
+    }
 }
 
 /// The stores a route may open, by name. Cheap to clone into each request.
@@ -120,10 +157,10 @@ impl Stores {
             };
             let store = Store {
                 name: name.as_str().into(),
+                ops: Op::ALL.map(|op| metrics.keyvalue_op(name, backend.kind(), op.as_str())),
                 backend,
                 max_key_size: usize::try_from(store.max_key_size).unwrap_or(usize::MAX),
                 max_value_size: usize::try_from(store.max_value_size).unwrap_or(usize::MAX),
-                metrics: metrics.clone(),
             };
             stores.insert(name.clone(), Arc::new(store));
         }
@@ -191,56 +228,59 @@ impl Store {
     /// Runs a backend operation with its metrics and logging.
     async fn run<T>(
         &self,
-        op: &'static str,
+        op: Op,
         f: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, KvError> {
         let started = Instant::now();
         let result = f.await;
-        let kind = self.backend.kind();
-        self.metrics
-            .keyvalue_duration(kind, op, started.elapsed().as_secs_f64());
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(BackendError::Invalid(_)) => "invalid",
+        let metrics = &self.ops[op as usize];
+        metrics
+            .duration
+            .get()
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => metrics.ok.get().inc(),
+            Err(BackendError::Invalid(_)) => metrics.invalid.get().inc(),
             Err(BackendError::Unavailable(e)) => {
-                tracing::warn!(store = %self.name, backend = kind, op, error = %e, "keyvalue backend failed");
-                "error"
+                metrics.error.get().inc();
+                tracing::warn!(
+                    store = %self.name, backend = self.backend.kind(), op = op.as_str(), error = %e,
+                    "keyvalue backend failed"
+                );
             }
-        };
-        self.metrics
-            .keyvalue_operation(&self.name, kind, op, outcome);
+        }
         result.map_err(KvError::from)
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
-        self.run("get", self.backend.get(key)).await
+        self.run(Op::Get, self.backend.get(key)).await
     }
 
     pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.check_key(key)?;
         self.check_value(value)?;
-        self.run("set", self.backend.set(key, value)).await
+        self.run(Op::Set, self.backend.set(key, value)).await
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
         self.check_key(key)?;
-        self.run("delete", self.backend.delete(key)).await
+        self.run(Op::Delete, self.backend.delete(key)).await
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, KvError> {
         self.check_key(key)?;
-        self.run("exists", self.backend.exists(key)).await
+        self.run(Op::Exists, self.backend.exists(key)).await
     }
 
     pub async fn list_keys(&self, cursor: Option<&str>) -> Result<KeyPage, KvError> {
-        self.run("list_keys", self.backend.list_keys(cursor, PAGE_SIZE))
+        self.run(Op::ListKeys, self.backend.list_keys(cursor, PAGE_SIZE))
             .await
     }
 
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         self.check_key(key)?;
-        self.run("increment", self.backend.increment(key, delta))
+        self.run(Op::Increment, self.backend.increment(key, delta))
             .await
     }
 
@@ -253,7 +293,7 @@ impl Store {
         self.check_key(key)?;
         self.check_value(new)?;
         self.run(
-            "compare_and_swap",
+            Op::CompareAndSwap,
             self.backend.compare_and_swap(key, expected, new),
         )
         .await
