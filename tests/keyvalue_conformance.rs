@@ -493,7 +493,9 @@ async fn batch_operations_apply_in_order_and_report_missing_keys() {
         &wasmgate::metrics::Metrics::new(),
     )
     .unwrap();
-    let store = stores.grants(&["batch".to_string()]).unwrap()["batch"].clone();
+    let store = stores.grants(&["batch".to_string()]).unwrap()["batch"]
+        .clone()
+        .expect("granted to the route");
 
     store
         .set_many(vec![

@@ -90,7 +90,12 @@ impl Op {
 }
 
 /// The stores a route may open, by name. Cheap to clone into each request.
-pub type Grants = Arc<HashMap<String, Arc<Store>>>;
+/// Every configured store is listed, `None` where the route may not open it, so that a refused
+/// `open` can be counted by store name without letting a guest invent label values.
+pub type Grants = Arc<HashMap<String, Option<Arc<Store>>>>;
+
+/// The `store` label of a refused `open` of a name no `[keyvalue.NAME]` defines.
+pub const UNDEFINED_STORE: &str = "(undefined)";
 
 /// Every configured store.
 #[derive(Default)]
@@ -169,7 +174,11 @@ impl Stores {
 
     /// The grants of a route that lists `names`; an undefined name is an error.
     pub fn grants(&self, names: &[String]) -> anyhow::Result<Grants> {
-        let mut grants = HashMap::new();
+        let mut grants: HashMap<String, Option<Arc<Store>>> = self
+            .stores
+            .keys()
+            .map(|name| (name.clone(), None))
+            .collect();
         for name in names {
             let Some(store) = self.stores.get(name) else {
                 let defined: Vec<_> = self.stores.keys().map(String::as_str).collect();
@@ -182,7 +191,7 @@ impl Stores {
                     }
                 );
             };
-            grants.insert(name.clone(), store.clone());
+            grants.insert(name.clone(), Some(store.clone()));
         }
         Ok(Arc::new(grants))
     }
@@ -191,9 +200,13 @@ impl Stores {
 /// Opens a store for a guest: only stores granted to the route.
 pub fn open(grants: &Grants, name: &str, metrics: &Metrics) -> Result<Arc<Store>, KvError> {
     match grants.get(name) {
-        Some(store) => Ok(store.clone()),
-        None => {
+        Some(Some(store)) => Ok(store.clone()),
+        Some(None) => {
             metrics.keyvalue_operation(name, "none", "open", "denied");
+            Err(KvError::AccessDenied)
+        }
+        None => {
+            metrics.keyvalue_operation(UNDEFINED_STORE, "none", "open", "denied");
             Err(KvError::AccessDenied)
         }
     }
@@ -334,4 +347,37 @@ impl Store {
 pub struct Bucket {
     pub store: Arc<Store>,
     pub cursors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_opens_are_counted_by_defined_name_only() {
+        let config: BTreeMap<String, KeyValueConfig> =
+            toml::from_str("[mine]\nbackend = \"memory\"\n[theirs]\nbackend = \"memory\"\n")
+                .unwrap();
+        let metrics = Metrics::new();
+        let stores = Stores::build(&config, |p| p.to_path_buf(), &metrics).unwrap();
+        let grants = stores.grants(&["mine".to_string()]).unwrap();
+        assert!(open(&grants, "mine", &metrics).is_ok());
+        assert_eq!(
+            open(&grants, "theirs", &metrics).err(),
+            Some(KvError::AccessDenied)
+        );
+        for invented in ["a", "b", "c"] {
+            assert_eq!(
+                open(&grants, invented, &metrics).err(),
+                Some(KvError::AccessDenied)
+            );
+        }
+        let text = metrics.render();
+        assert!(text.contains(r#"store="theirs""#), "{text}");
+        assert!(
+            text.contains(r#"op="open",outcome="denied",store="(undefined)"} 3"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"store="a""#), "{text}");
+    }
 }
