@@ -119,8 +119,6 @@ struct Syncer {
     db: Arc<Database>,
     /// A non-durable commit has happened since the last sync.
     dirty: AtomicBool,
-    stop: AtomicBool,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Syncer {
@@ -128,27 +126,20 @@ impl Syncer {
         let syncer = Arc::new(Syncer {
             db,
             dirty: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            thread: std::sync::Mutex::new(None),
         });
-        // The thread holds only a weak reference, so dropping the store ends it.
+        // The thread holds only a weak reference: once the store is dropped (and has synced one
+        // last time, see `Drop`), its next wake-up finds nothing to upgrade and it ends.
         let weak = Arc::downgrade(&syncer);
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("wasmgate-redb-sync".into())
             .spawn(move || {
                 loop {
-                    std::thread::park_timeout(interval);
+                    std::thread::sleep(interval);
                     let Some(syncer) = weak.upgrade() else { return };
-                    if syncer.stop.load(Ordering::Acquire) {
-                        return;
-                    }
                     syncer.sync();
                 }
             })
             .context("cannot start the redb sync thread")?;
-        if let Ok(mut slot) = syncer.thread.lock() {
-            *slot = Some(thread);
-        }
         Ok(syncer)
     }
 
@@ -170,14 +161,6 @@ impl Syncer {
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            thread.thread().unpark();
-            // The thread may be the one dropping the last reference; never join oneself.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
-        }
         self.sync();
     }
 }
