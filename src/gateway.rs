@@ -10,13 +10,14 @@
 //! (503, 504, 500) ─► metrics and the access log. Components' requests to `http://self` take the
 //! same path in process ([`SelfDispatch`]), and only they may reach routes marked `private`.
 
-use crate::body::{LimitedBody, ResponseBody, full};
+use crate::body::{BodyCut, CutFlag, LimitedBody, ResponseBody, full};
 use crate::capabilities::config_store;
 use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::logging::LogBudget;
 use crate::capabilities::outbound_http::{OutboundRule, SelfDispatch, SelfHandle};
 use crate::config::{Config, RouteConfig};
-use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::guards;
+use crate::metrics::{GaugeGuard, Metrics, UNMATCHED_ROUTE};
 use crate::router::{Lookup, RouteSpec, RouteTable};
 use crate::runtime::admission::Admission;
 use crate::runtime::component::{self, Origin};
@@ -24,12 +25,11 @@ use crate::runtime::engine::{Allocator, EpochTicker, build_engine};
 use crate::runtime::instance::{ComponentRoute, Failure, HostState, RouteSettings, linker};
 use crate::runtime::linking;
 use anyhow::Context;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 use wasmtime::component::{Component, Linker};
@@ -50,6 +50,7 @@ pub struct Gateway {
     routes: RouteTable<Arc<ComponentRoute>>,
     metrics: Arc<Metrics>,
     max_request_body: u64,
+    body_read_timeout: std::time::Duration,
     max_header_bytes: u64,
     /// What each component was loaded from, for `check` and tests.
     pub components: Vec<(PathBuf, Origin)>,
@@ -113,6 +114,7 @@ impl Gateway {
             routes,
             metrics,
             max_request_body: config.server.max_request_body,
+            body_read_timeout: config.server.body_read_timeout,
             max_header_bytes: config.server.max_header_bytes,
             components,
             allocator,
@@ -122,14 +124,15 @@ impl Gateway {
         })
     }
 
-    /// One line per route, in config order: the template, the component (with `+NAME` for each
-    /// component it links to) and, for private routes, `private`.
+    /// One line per route, in config order: the route's name (host and path template), the
+    /// component (with `+NAME` for each component it links to) and, for private routes,
+    /// `private`.
     pub fn route_lines(&self) -> Vec<String> {
         self.routes
             .targets()
-            .map(|(template, route)| {
+            .map(|(_, route)| {
                 let private = if route.is_private() { " private" } else { "" };
-                format!("{template} {}{private}", route.component())
+                format!("{} {}{private}", route.metrics().route, route.component())
             })
             .collect()
     }
@@ -147,7 +150,8 @@ impl Gateway {
     }
 
     /// Serves a request `depth` self-calls deep (0: from a client, which cannot reach private
-    /// routes).
+    /// routes). The stages: guards (431, 400) ─► route (404, 405) ─► body size (413) ─► target
+    /// (503, 504, 500, 408) ─► observe (metrics, access log, request id).
     async fn dispatch_at<B>(&self, mut request: Request<B>, depth: u32) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
@@ -158,44 +162,21 @@ impl Gateway {
         let method = request.method().clone();
         let http1 = request.version() < http::Version::HTTP_2;
 
-        if header_bytes(&request) > self.max_header_bytes {
-            return self.finish(
-                UNMATCHED_ROUTE,
-                &method,
-                started,
-                &request_id,
-                error_page(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    &request_id,
-                    "the request's headers are too large",
-                ),
-            );
-        }
-        if has_dot_segments(request.uri().path()) {
-            return self.finish(
-                UNMATCHED_ROUTE,
-                &method,
-                started,
-                &request_id,
-                error_page(
-                    StatusCode::BAD_REQUEST,
-                    &request_id,
-                    "the path must not contain `.` or `..` segments",
-                ),
-            );
-        }
+        // Guards.
+        let host = match guards::check(request.uri(), request.headers(), self.max_header_bytes) {
+            Ok(host) => host,
+            Err(rejection) => {
+                let page = error_page(rejection.status(), &request_id, &rejection.to_string());
+                return self.finish(UNMATCHED_ROUTE, &method, started, &request_id, page);
+            }
+        };
 
-        let host = request.uri().host().map(str::to_string).or_else(|| {
-            request
-                .headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+        // Route. A private route is as absent as no route to a client: 404, never 405.
         let path = request.uri().path().to_string();
-        let (route, template, extra_headers) =
-            match self.routes.lookup(host.as_deref(), &method, &path) {
-                Lookup::Found(found) if depth > 0 || !found.target.is_private() => {
+        let visible = |route: &Arc<ComponentRoute>| depth > 0 || !route.is_private();
+        let (route, extra_headers) =
+            match self.routes.lookup(host.as_deref(), &method, &path, visible) {
+                Lookup::Found(found) => {
                     let mut extra = Vec::with_capacity(found.params.len() + 2);
                     extra.push((ROUTE_HEADER, header_value(found.template)));
                     extra.push((PATH_INFO_HEADER, header_value(found.path_info)));
@@ -206,7 +187,7 @@ impl Gateway {
                             extra.push((name, header_value(value)));
                         }
                     }
-                    (found.target.clone(), found.template, extra)
+                    (found.target.clone(), extra)
                 }
                 Lookup::MethodNotAllowed { allow } => {
                     let mut response = error_page(
@@ -222,41 +203,33 @@ impl Gateway {
                     response.headers_mut().insert(ALLOW, header_value(&allow));
                     return self.finish(UNMATCHED_ROUTE, &method, started, &request_id, response);
                 }
-                // A private route is as absent as no route, to a client.
-                Lookup::NotFound | Lookup::Found(_) => {
-                    return self.finish(
-                        UNMATCHED_ROUTE,
-                        &method,
-                        started,
+                Lookup::NotFound => {
+                    let page = error_page(
+                        StatusCode::NOT_FOUND,
                         &request_id,
-                        error_page(
-                            StatusCode::NOT_FOUND,
-                            &request_id,
-                            "no route matches this request",
-                        ),
+                        "no route matches this request",
                     );
+                    return self.finish(UNMATCHED_ROUTE, &method, started, &request_id, page);
                 }
             };
         let metrics = route.metrics().clone();
-        metrics.active_requests.inc();
+        // Decremented when this future ends or is dropped (a client that resets or disconnects).
+        let active = GaugeGuard::inc(&metrics.active_requests);
 
+        // Body size, by its declared length.
         let declared_length = request
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared_length.is_some_and(|len| len > self.max_request_body) {
-            metrics.active_requests.dec();
+            drop(active);
             tokio::spawn(drain(request.into_body()));
-            return self.finish(
-                template,
-                &method,
-                started,
-                &request_id,
-                too_large_page(&request_id, http1),
-            );
+            let page = cut_page(BodyCut::TooLarge, &request_id, http1);
+            return self.finish(&metrics.route, &method, started, &request_id, page);
         }
 
+        // Target.
         let headers = request.headers_mut();
         let spoofed: Vec<HeaderName> = headers
             .keys()
@@ -271,25 +244,27 @@ impl Gateway {
         }
         headers.insert(REQUEST_ID_HEADER, header_value(&request_id));
 
-        let too_large = Arc::new(AtomicBool::new(false));
-        let request =
-            request.map(|body| LimitedBody::new(body, self.max_request_body, too_large.clone()));
-        let result = route
-            .handle(request, &request_id, too_large.clone(), depth)
-            .await;
-        metrics.active_requests.dec();
+        let cut = CutFlag::default();
+        let request = request.map(|body| {
+            LimitedBody::new(
+                body,
+                self.max_request_body,
+                self.body_read_timeout,
+                cut.clone(),
+            )
+        });
+        let result = route.handle(request, &request_id, cut.clone(), depth).await;
+        drop(active);
 
-        let response = if too_large.load(Ordering::Acquire) {
-            too_large_page(&request_id, http1)
-        } else {
-            match result {
-                Ok(response) => response,
-                Err(failure) => failure_page(failure, &request_id),
-            }
+        // Observe.
+        let response = match (cut.get(), result) {
+            (Some(why), _) => cut_page(why, &request_id, http1),
+            (None, Ok(response)) => response,
+            (None, Err(failure)) => failure_page(failure, &request_id),
         };
         let status = response.status().as_u16();
         metrics.observe_request(&method, status, started.elapsed().as_secs_f64());
-        log_access(template, &method, &path, status, started, &request_id);
+        log_access(&metrics.route, &method, &path, status, started, &request_id);
         with_request_id(response, &request_id)
     }
 
@@ -435,7 +410,7 @@ fn component_route(
     let providers: std::collections::BTreeSet<&String> = route.links.values().collect();
     let linked: String = providers.iter().map(|name| format!("+{name}")).collect();
     let settings = RouteSettings {
-        name: route.path.as_str().into(),
+        name: route.label().into(),
         component: format!("{file}{linked}").into(),
         env: route
             .env
@@ -459,7 +434,7 @@ fn component_route(
             config.logging.max_guest_bytes,
         ),
     };
-    let metrics = metrics.route(&route.path);
+    let metrics = metrics.route(&route.label());
     Ok(ComponentRoute::new(settings, pre, metrics))
 }
 
@@ -518,14 +493,21 @@ fn failure_page(failure: Failure, request_id: &str) -> Response<ResponseBody> {
     }
 }
 
-/// 413, closing an HTTP/1.x connection: the rest of the body was not read, so the connection
-/// cannot carry another request, and a client must not pool it.
-fn too_large_page(request_id: &str, http1: bool) -> Response<ResponseBody> {
-    let mut response = error_page(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        request_id,
-        "the request body is too large",
-    );
+/// 413 or 408 for a request body the gateway cut off, closing an HTTP/1.x connection: the rest
+/// of the body was not read, so the connection cannot carry another request, and a client must
+/// not pool it.
+fn cut_page(why: BodyCut, request_id: &str, http1: bool) -> Response<ResponseBody> {
+    let (status, what) = match why {
+        BodyCut::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large",
+        ),
+        BodyCut::TooSlow => (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        ),
+    };
+    let mut response = error_page(status, request_id, what);
     if http1 {
         response
             .headers_mut()
@@ -562,23 +544,6 @@ fn with_request_id(
 
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// The size of the request's header section as HTTP/1.1 would send it.
-fn header_bytes<B>(request: &Request<B>) -> u64 {
-    request
-        .headers()
-        .iter()
-        .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
-        .sum()
-}
-
-/// Whether a path has `.` or `..` segments, literally or percent-encoded.
-fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
 }
 
 /// One access-log line per request, at debug level under the `wasmgate::access` target: enable it
@@ -624,18 +589,5 @@ impl SelfDispatch for Gateway {
                     .boxed_unsync()
             })
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dot_segments_are_found_in_any_spelling() {
-        assert!(has_dot_segments("/static/../admin"));
-        assert!(has_dot_segments("/a/%2E%2e/b"));
-        assert!(has_dot_segments("/./x"));
-        assert!(!has_dot_segments("/a.b/..c/x"));
     }
 }

@@ -292,6 +292,22 @@ impl<M> Lazy<M> {
     }
 }
 
+/// Increments a gauge now and decrements it when dropped, however the holder ends.
+pub struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn inc(gauge: &'a prometheus::IntGauge) -> GaugeGuard<'a> {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// One route's metric handles.
 pub struct RouteMetrics {
     pub route: Arc<str>,

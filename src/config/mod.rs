@@ -68,6 +68,27 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How many HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
+    /// How long a connection may stay open with no request in flight (HTTP/1.1 keep-alive and
+    /// HTTP/2). An HTTP/1.1 connection waiting for its next request is also bounded by
+    /// `header_read_timeout`.
+    #[serde(deserialize_with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// How long a request body may take to arrive, from the first read to its end; slower
+    /// bodies are cut off and the request gets 408.
+    #[serde(deserialize_with = "units::duration")]
+    pub body_read_timeout: Duration,
+    /// How long a write to a client may wait for the client to read; a peer that stops reading
+    /// for longer is disconnected.
+    #[serde(deserialize_with = "units::duration")]
+    pub send_timeout: Duration,
+    /// How often an HTTP/2 connection is pinged; a peer that does not answer a ping within the
+    /// same time is disconnected.
+    #[serde(deserialize_with = "units::duration")]
+    pub keepalive_interval: Duration,
+    /// After SIGTERM, how long the listener keeps accepting while `/readyz` already fails, so
+    /// load balancers stop sending traffic before the port closes.
+    #[serde(deserialize_with = "units::duration")]
+    pub shutdown_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +102,11 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_streams: 200,
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(20),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -310,6 +336,16 @@ fn default_queue_timeout() -> Duration {
 }
 
 impl RouteConfig {
+    /// The route's name in metrics, logs and `/routes`: its host (if any) and path template, as
+    /// written in the config, e.g. `api.example.com/users/:id`. Routes that differ by host are
+    /// told apart; the number of names is bounded by the config.
+    pub fn label(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{host}{}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
     /// A short name for error messages: `route 2 (GET api.example.com/hello/:name)`.
     pub fn describe(&self, index: usize) -> String {
         let methods = self
@@ -371,6 +407,17 @@ impl Config {
         }
         if server.max_concurrent_streams == 0 {
             bail!("[server] max_concurrent_streams must be at least 1");
+        }
+        for (key, value) in [
+            ("header_read_timeout", server.header_read_timeout),
+            ("idle_timeout", server.idle_timeout),
+            ("body_read_timeout", server.body_read_timeout),
+            ("send_timeout", server.send_timeout),
+            ("keepalive_interval", server.keepalive_interval),
+        ] {
+            if value.is_zero() {
+                bail!("[server] {key} must be longer than zero");
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
             bail!(
@@ -654,6 +701,19 @@ mod tests {
             text.contains("request_timeout") && text.contains("not a duration"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_deadline_are_config_errors() {
+        let text =
+            refusal("[[route]]\npath = \"/\"\ncomponent = \"a.wasm\"\ntimeout = \"1000000000y\"\n");
+        assert!(text.contains("timeout"), "{text}");
+        let text = refusal("[server]\nidle_timeout = \"400days\"\n");
+        assert!(
+            text.contains("idle_timeout") && text.contains("too long"),
+            "{text}"
+        );
+        assert!(refusal("[server]\nsend_timeout = \"0s\"\n").contains("send_timeout"));
     }
 
     #[test]

@@ -21,19 +21,18 @@
 
 use super::admission::Admission;
 use super::response::{GuestBody, GuestEnd};
-use crate::body::ResponseBody;
+use crate::body::{CutFlag, ResponseBody};
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::logging::{self, LogBudget, LoggingView};
 use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule, SelfHandle};
 use crate::capabilities::wasi::guest_context;
-use crate::metrics::{RejectReason, RouteMetrics, TrapKind};
+use crate::metrics::{GaugeGuard, RejectReason, RouteMetrics, TrapKind};
 use bytes::Bytes;
 use futures::future::Either;
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -237,7 +236,7 @@ impl ComponentRoute {
         self: &Arc<Self>,
         request: http::Request<B>,
         request_id: &Arc<str>,
-        request_cut: Arc<AtomicBool>,
+        request_cut: CutFlag,
         depth: u32,
     ) -> Result<http::Response<ResponseBody>, Failure>
     where
@@ -433,22 +432,6 @@ impl ComponentRoute {
         } else {
             GuestEnd::Trapped
         }
-    }
-}
-
-/// Increments a gauge now and decrements it on drop.
-struct GaugeGuard<'a>(&'a prometheus::IntGauge);
-
-impl<'a> GaugeGuard<'a> {
-    fn inc(gauge: &'a prometheus::IntGauge) -> GaugeGuard<'a> {
-        gauge.inc();
-        GaugeGuard(gauge)
-    }
-}
-
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
