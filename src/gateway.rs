@@ -21,7 +21,7 @@ use crate::metrics::{GaugeGuard, Metrics, UNMATCHED_ROUTE};
 use crate::router::{Lookup, RouteSpec, RouteTable};
 use crate::runtime::admission::Admission;
 use crate::runtime::component::{self, Origin};
-use crate::runtime::engine::{Allocator, EpochTicker, build_engine};
+use crate::runtime::engine::{Allocator, EpochTicker, InstanceSlots, build_engine};
 use crate::runtime::instance::{ComponentRoute, Failure, HostState, RouteSettings, linker};
 use crate::runtime::linking;
 use anyhow::Context;
@@ -62,6 +62,7 @@ impl Gateway {
     /// Builds everything the config describes; see the module docs.
     pub fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Gateway> {
         let (engine, allocator) = build_engine(&config.engine)?;
+        let instances = InstanceSlots::new(config.engine.max_instances);
         let linker = linker(&engine)?;
         let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
         let self_handle: SelfHandle = Arc::new(std::sync::OnceLock::new());
@@ -97,8 +98,16 @@ impl Gateway {
             let grants = stores
                 .grants(&route.keyvalue)
                 .with_context(|| name.clone())?;
-            let target = component_route(config, route, pre, grants, self_handle.clone(), &metrics)
-                .with_context(|| name.clone())?;
+            let target = component_route(
+                config,
+                route,
+                pre,
+                grants,
+                self_handle.clone(),
+                &metrics,
+                &instances,
+            )
+            .with_context(|| name.clone())?;
             specs.push(RouteSpec {
                 host: route.host.clone(),
                 path: route.path.clone(),
@@ -394,6 +403,7 @@ fn component_route(
     keyvalue: Grants,
     self_handle: SelfHandle,
     metrics: &Arc<Metrics>,
+    instances: &InstanceSlots,
 ) -> anyhow::Result<ComponentRoute> {
     let outbound = route
         .allowed_outbound_hosts
@@ -425,6 +435,7 @@ fn component_route(
             route.queue_size.unwrap_or(route.max_concurrency),
             route.queue_timeout,
         ),
+        instances: instances.clone(),
         keyvalue,
         config: config_store::resolve(&route.config, |name| std::env::var(name).ok())?,
         private: route.private,

@@ -167,7 +167,8 @@ impl Default for LoggingConfig {
 pub struct EngineConfig {
     /// Where compiled components are cached; `""` disables the cache.
     pub cache_dir: PathBuf,
-    /// Instances that can be alive at once across all routes (pooling allocator slots).
+    /// Instances that can be alive at once across all routes, counted with or without the pool
+    /// (and the pooling allocator's slots).
     pub max_instances: u32,
     /// The most linear memory one instance may grow to; a route's `max_memory` may be lower.
     #[serde(deserialize_with = "units::size")]

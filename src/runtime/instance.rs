@@ -2,7 +2,8 @@
 //!
 //! For every request a [`ComponentRoute`]:
 //!
-//! 1. takes an admission permit ([`super::admission`]), or rejects the request;
+//! 1. takes an admission permit ([`super::admission`]) and one of the process's
+//!    `max_instances` slots ([`super::engine::InstanceSlots`]), or rejects the request;
 //! 2. creates a `Store` with fresh [`HostState`]: WASI, `wasi:http` with the route's outbound
 //!    policy, and a memory limiter;
 //! 3. instantiates the pre-instantiated component (`ProxyPre`) from the pooling allocator;
@@ -20,6 +21,7 @@
 //! ran out of time (504) and one whose body was cut off (the response is aborted).
 
 use super::admission::Admission;
+use super::engine::InstanceSlots;
 use super::response::{GuestBody, GuestEnd};
 use crate::body::{CutFlag, ResponseBody};
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
@@ -186,6 +188,8 @@ pub struct RouteSettings {
     pub timeout: Duration,
     pub max_memory: usize,
     pub admission: Admission,
+    /// `[engine] max_instances`, shared by every route.
+    pub instances: InstanceSlots,
     pub keyvalue: Grants,
     pub config: ConfigValues,
     /// A fresh copy for each request.
@@ -246,6 +250,12 @@ impl ComponentRoute {
             self.metrics.rejected(reason);
             Failure::Rejected(reason)
         })?;
+        // Taken after the route's permit (so a request queued for the route holds no slot) and
+        // given back after the store is dropped, with the permit.
+        let slot = self.settings.instances.try_take().ok_or_else(|| {
+            self.metrics.rejected(RejectReason::PoolExhausted);
+            Failure::Rejected(RejectReason::PoolExhausted)
+        })?;
         let deadline = Instant::now() + self.settings.timeout;
 
         let mut store = self.new_store(request_id, depth);
@@ -268,6 +278,7 @@ impl ComponentRoute {
         let guest = Box::pin(async move {
             let request_id = task_request_id;
             let _permit = permit;
+            let _slot = slot;
             let run = async {
                 let started = std::time::Instant::now();
                 let proxy = route
