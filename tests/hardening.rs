@@ -41,6 +41,11 @@ path = "/slow"
 component = {looping}
 timeout = "20s"
 
+[[route]]
+path = "/stream"
+component = {streaming}
+timeout = "60s"
+
 [keyvalue.default]
 backend = "memory"
 
@@ -50,6 +55,7 @@ component = {kv}
 keyvalue = ["default"]
 "#,
         kv = toml_path(&guest("kv-crud")),
+        streaming = toml_path(&guest("streaming")),
         hello = toml_path(&guest("hello")),
         echo = toml_path(&guest("echo")),
         looping = toml_path(&guest("infinite-loop")),
@@ -325,6 +331,51 @@ async fn slow_request_bodies_get_408_and_free_the_route() {
     let request = b"PUT /kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab";
     assert_eq!(raw_status(&gw, request), 408);
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
+    let gw = Gateway::start_with(
+        &routes(),
+        Sections {
+            server: "send_timeout = \"1s\"\n".into(),
+            ..Sections::default()
+        },
+    );
+    // About 130 MB of response that the client never reads: far more than the socket buffers.
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .write_all(b"GET /stream?chunks=10000000&delay_ms=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let instances = |metrics: &str| {
+        metric_value(
+            metrics,
+            "wasmgate_instances_active",
+            &[("route", "/stream")],
+        )
+        .unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    loop {
+        if instances(&gw.metrics().await) == 1.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The buffers fill, the write waits for the client, and after send_timeout the connection
+    // is dropped and the instance with it: long before the route's 60 s timeout.
+    loop {
+        if instances(&gw.metrics().await) == 0.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the instance still streams to a client that does not read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stream);
 }
 
 #[tokio::test]
