@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use wasmgate::config::Config;
 use wasmgate::gateway::Gateway;
 use wasmgate::metrics::Metrics;
+use wasmgate::runtime::loader::Process;
 
 /// An edge HTTP gateway that serves WebAssembly components (wasi:http, WASI 0.2).
 #[derive(Parser)]
@@ -74,14 +75,15 @@ fn serve(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
 fn check(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     init_logging(&config, format);
-    let gateway = Gateway::build(&config, Metrics::new())?;
+    let gateway = Gateway::new(Process::start(&config, Metrics::new())?);
+    let generation = gateway.load(&config)?;
     println!(
         "{}: OK, {} routes, {} components",
         path.display(),
         config.routes.len(),
-        gateway.components.len()
+        generation.components.len()
     );
-    for line in gateway.route_lines() {
+    for line in generation.route_lines() {
         println!("  {line}");
     }
     Ok(())

@@ -332,6 +332,16 @@ impl<T> RouteTable<T> {
         })
     }
 
+    /// A table with no routes.
+    pub fn empty() -> RouteTable<T> {
+        RouteTable {
+            routes: Vec::new(),
+            exact: HashMap::new(),
+            suffixes: Vec::new(),
+            any_host: Vec::new(),
+        }
+    }
+
     /// Every route's target with its template, in config order.
     pub fn targets(&self) -> impl Iterator<Item = (&str, &T)> {
         self.routes.iter().map(|r| (r.template.as_str(), &r.target))

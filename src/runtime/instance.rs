@@ -194,8 +194,6 @@ pub struct RouteSettings {
     pub config: ConfigValues,
     /// A fresh copy for each request.
     pub log_budget: LogBudget,
-    /// Reachable only through `http://self`.
-    pub private: bool,
     pub self_handle: SelfHandle,
 }
 
@@ -221,11 +219,6 @@ impl ComponentRoute {
 
     pub fn metrics(&self) -> &Arc<RouteMetrics> {
         &self.metrics
-    }
-
-    /// Whether only components may reach the route.
-    pub fn is_private(&self) -> bool {
-        self.settings.private
     }
 
     /// The component, as log lines name it.

@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::runtime::loader::Process;
 use anyhow::Context;
 use connection::{
     Activity, CloseReason, Ending, IdleLimits, InFlightBody, Room, SendTimeout, Serving,
@@ -42,12 +43,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gateway = {
         let config = config.clone();
         let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || Gateway::build(&config, metrics))
-            .await
-            .context("building the gateway panicked")??
+        tokio::task::spawn_blocking(move || {
+            let gateway = Gateway::new(Process::start(&config, metrics)?);
+            gateway.load(&config)?;
+            anyhow::Ok(gateway)
+        })
+        .await
+        .context("building the gateway panicked")??
     };
-    let gateway = Arc::new(gateway);
-    gateway.attach_self();
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -68,7 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
         ready: ready.clone(),
-        routes: gateway.route_lines(),
+        routes: gateway.generation().route_lines(),
     });
     let admin_task = tokio::spawn(async move {
         let serve = axum::serve(admin_listener, admin_app).with_graceful_shutdown(async {
