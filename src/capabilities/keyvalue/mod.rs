@@ -153,7 +153,9 @@ impl Stores {
                     };
                     let pool = match &redb_pool {
                         Some(pool) => pool.clone(),
-                        None => redb_pool.insert(redb::pool()?).clone(),
+                        None => redb_pool
+                            .insert(redb::pool().context("cannot start the redb thread pool")?)
+                            .clone(),
                     };
                     Arc::new(
                         redb::RedbBackend::new(db, name, store.sync_interval, pool)

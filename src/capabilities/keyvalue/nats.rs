@@ -213,13 +213,22 @@ fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(format!("nats: {e}"))
 }
 
+/// A NATS call without an answer in time. The request may have reached the server and been
+/// applied: say so rather than that it failed.
+fn timed_out() -> BackendError {
+    BackendError::Unavailable(format!(
+        "nats: no answer within {}s (a write may still have been applied)",
+        TIMEOUT.as_secs()
+    ))
+}
+
 /// Bounds a NATS call by [`TIMEOUT`].
 async fn bounded<T, E: std::fmt::Display>(
     f: impl Future<Output = Result<T, E>>,
 ) -> Result<T, BackendError> {
     match tokio::time::timeout(TIMEOUT, f).await {
         Ok(result) => result.map_err(unavailable),
-        Err(_) => Err(BackendError::Unavailable("nats: timed out".into())),
+        Err(_) => Err(timed_out()),
     }
 }
 
@@ -295,7 +304,7 @@ async fn write_if_unchanged(
         Ok(Ok(())) => Ok(true),
         Ok(Err((true, _))) => Ok(false),
         Ok(Err((false, e))) => Err(unavailable(e)),
-        Err(_) => Err(BackendError::Unavailable("nats: timed out".into())),
+        Err(_) => Err(timed_out()),
     }
 }
 

@@ -195,8 +195,13 @@ mod tests {
         assert!(err.to_string().contains("was not done"), "{err}");
         release.send(()).unwrap();
         assert_eq!(slow.await.unwrap(), Ok("done"), "a started job is awaited");
-        // The thread is free again: a new job runs, the abandoned one never did.
-        pool.run(|| Ok(())).await.unwrap();
+        // The thread is free again: a new job runs (on the pool's own thread), the abandoned
+        // one never did.
+        let thread = pool
+            .run(|| Ok(std::thread::current().name().map(str::to_string)))
+            .await
+            .unwrap();
+        assert_eq!(thread.as_deref(), Some("wasmgate-test"));
         assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 

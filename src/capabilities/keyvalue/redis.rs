@@ -116,7 +116,17 @@ fn unavailable(e: RedisError) -> BackendError {
 /// Server-side errors about the data are the guest's to see; everything else means Redis is
 /// out of reach.
 fn classify(e: RedisError) -> BackendError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+    if e.is_timeout() {
+        // The command may have reached Redis and run: say so rather than that it failed.
+        BackendError::Unavailable(format!(
+            "redis: no answer within {}s (a write may still have been applied)",
+            TIMEOUT.as_secs()
+        ))
+    } else if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+    {
         unavailable(e)
     } else {
         let text = e.to_string();
