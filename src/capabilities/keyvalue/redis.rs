@@ -113,15 +113,30 @@ fn unavailable(e: RedisError) -> BackendError {
     BackendError::Unavailable(format!("redis: {e}"))
 }
 
+/// A command without an answer in time. It may have reached Redis and run: say so rather than
+/// that it failed.
+fn timed_out() -> BackendError {
+    BackendError::Unavailable(format!(
+        "redis: no answer within {}s (a write may still have been applied)",
+        TIMEOUT.as_secs()
+    ))
+}
+
+/// Bounds one command by [`TIMEOUT`] whatever the client does first (after a dropped
+/// connection, redis-rs reconnects before it sends, and that wait has bounds of its own).
+async fn within<T>(
+    command: impl Future<Output = Result<T, RedisError>>,
+) -> Result<Result<T, RedisError>, BackendError> {
+    tokio::time::timeout(TIMEOUT, command)
+        .await
+        .map_err(|_| timed_out())
+}
+
 /// Server-side errors about the data are the guest's to see; everything else means Redis is
 /// out of reach.
 fn classify(e: RedisError) -> BackendError {
     if e.is_timeout() {
-        // The command may have reached Redis and run: say so rather than that it failed.
-        BackendError::Unavailable(format!(
-            "redis: no answer within {}s (a write may still have been applied)",
-            TIMEOUT.as_secs()
-        ))
+        timed_out()
     } else if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -148,44 +163,52 @@ impl Backend for RedisBackend {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         let mut con = self.connection().await?;
-        redis::cmd("GET")
-            .arg(self.value_key(key))
-            .query_async(&mut con)
-            .await
-            .map_err(classify)
+        within(
+            redis::cmd("GET")
+                .arg(self.value_key(key))
+                .query_async(&mut con),
+        )
+        .await?
+        .map_err(classify)
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), BackendError> {
         let mut con = self.connection().await?;
-        SET.key(self.value_key(key))
-            .key(&self.index)
-            .arg(value)
-            .arg(key)
-            .invoke_async::<i64>(&mut con)
-            .await
-            .map(drop)
-            .map_err(classify)
+        within(
+            SET.key(self.value_key(key))
+                .key(&self.index)
+                .arg(value)
+                .arg(key)
+                .invoke_async::<i64>(&mut con),
+        )
+        .await?
+        .map(drop)
+        .map_err(classify)
     }
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {
         let mut con = self.connection().await?;
-        DELETE
-            .key(self.value_key(key))
-            .key(&self.index)
-            .arg(key)
-            .invoke_async::<i64>(&mut con)
-            .await
-            .map(drop)
-            .map_err(classify)
+        within(
+            DELETE
+                .key(self.value_key(key))
+                .key(&self.index)
+                .arg(key)
+                .invoke_async::<i64>(&mut con),
+        )
+        .await?
+        .map(drop)
+        .map_err(classify)
     }
 
     async fn exists(&self, key: &str) -> Result<bool, BackendError> {
         let mut con = self.connection().await?;
-        redis::cmd("EXISTS")
-            .arg(self.value_key(key))
-            .query_async(&mut con)
-            .await
-            .map_err(classify)
+        within(
+            redis::cmd("EXISTS")
+                .arg(self.value_key(key))
+                .query_async(&mut con),
+        )
+        .await?
+        .map_err(classify)
     }
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage, BackendError> {
@@ -194,17 +217,19 @@ impl Backend for RedisBackend {
             Some(cursor) => format!("({cursor}"),
             None => "-".to_string(),
         };
-        let keys: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&self.index)
-            .arg(start)
-            .arg("+")
-            .arg("BYLEX")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit + 1)
-            .query_async(&mut con)
-            .await
-            .map_err(classify)?;
+        let keys: Vec<String> = within(
+            redis::cmd("ZRANGE")
+                .arg(&self.index)
+                .arg(start)
+                .arg("+")
+                .arg("BYLEX")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit + 1)
+                .query_async(&mut con),
+        )
+        .await?
+        .map_err(classify)?;
         Ok(page_from_sorted(keys, limit))
     }
 
@@ -215,17 +240,19 @@ impl Backend for RedisBackend {
         range: CounterRange,
     ) -> Result<i64, BackendError> {
         let mut con = self.connection().await?;
-        let result: Result<Vec<u8>, RedisError> = INCREMENT
-            .key(self.value_key(key))
-            .key(&self.index)
-            .arg(delta)
-            .arg(key)
-            .arg(match range {
-                CounterRange::Any => "0",
-                CounterRange::NonNegative => "1",
-            })
-            .invoke_async(&mut con)
-            .await;
+        let result: Result<Vec<u8>, RedisError> = within(
+            INCREMENT
+                .key(self.value_key(key))
+                .key(&self.index)
+                .arg(delta)
+                .arg(key)
+                .arg(match range {
+                    CounterRange::Any => "0",
+                    CounterRange::NonNegative => "1",
+                })
+                .invoke_async(&mut con),
+        )
+        .await?;
         match result {
             Ok(value) => parse_counter(&value),
             Err(e) if e.to_string().contains("WASMGATE_NEGATIVE") => Err(negative_counter()),
@@ -240,16 +267,18 @@ impl Backend for RedisBackend {
         new: &[u8],
     ) -> Result<bool, BackendError> {
         let mut con = self.connection().await?;
-        let swapped: i64 = COMPARE_AND_SWAP
-            .key(self.value_key(key))
-            .key(&self.index)
-            .arg(if expected.is_some() { "1" } else { "0" })
-            .arg(expected.unwrap_or_default())
-            .arg(new)
-            .arg(key)
-            .invoke_async(&mut con)
-            .await
-            .map_err(classify)?;
+        let swapped: i64 = within(
+            COMPARE_AND_SWAP
+                .key(self.value_key(key))
+                .key(&self.index)
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .arg(new)
+                .arg(key)
+                .invoke_async(&mut con),
+        )
+        .await?
+        .map_err(classify)?;
         Ok(swapped == 1)
     }
 }
