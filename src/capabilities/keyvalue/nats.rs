@@ -42,6 +42,8 @@ const MAX_BACKOFF_MS: u64 = 32;
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 /// Snapshots kept at once per store (the newest).
 const MAX_SNAPSHOTS: usize = 8;
+/// Keys sorted on the calling task; more are sorted on the blocking pool.
+const SORT_INLINE: usize = 10_000;
 /// The most keys a listing reads; a larger bucket cannot be listed.
 pub const MAX_LISTED_KEYS: usize = 1_000_000;
 
@@ -176,8 +178,17 @@ impl NatsBackend {
             }
             keys.extend(decode_key(&encoded));
         }
-        keys.sort_unstable();
-        Ok(keys)
+        if keys.len() < SORT_INLINE {
+            keys.sort_unstable();
+            return Ok(keys);
+        }
+        // Sorting a large bucket's keys takes a while: not on a worker thread.
+        tokio::task::spawn_blocking(move || {
+            keys.sort_unstable();
+            keys
+        })
+        .await
+        .map_err(unavailable)
     }
 }
 
@@ -413,6 +424,29 @@ impl Backend for NatsBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_continuation_uses_the_newest_snapshot_that_handed_out_its_cursor() {
+        let mut listings = Listings::default();
+        let old: Arc<[String]> = vec!["a".to_string(), "b".into(), "c".into()].into();
+        let new: Arc<[String]> = vec!["a".to_string(), "b".into(), "bb".into(), "c".into()].into();
+        let taken = Instant::now();
+        listings.remember(&old, taken, "a".into(), 1);
+        listings.remember(&new, taken, "a".into(), 1);
+        listings.remember(&new, taken, "b".into(), 2);
+        let (keys, start, _) = listings.find("a").unwrap();
+        assert!(Arc::ptr_eq(&keys, &new) && start == 1);
+        assert_eq!(listings.snapshots.len(), 2, "one entry per snapshot");
+        assert!(listings.find("z").is_none());
+        // At most MAX_SNAPSHOTS are kept, the oldest go first.
+        for i in 0..MAX_SNAPSHOTS {
+            let keys: Arc<[String]> = vec![format!("k{i}")].into();
+            listings.remember(&keys, taken, format!("k{i}"), 1);
+        }
+        assert_eq!(listings.snapshots.len(), MAX_SNAPSHOTS);
+        assert!(listings.find("a").is_none());
+        assert!(listings.find("k0").is_some());
+    }
 
     #[test]
     fn keys_round_trip_through_the_nats_alphabet() {
