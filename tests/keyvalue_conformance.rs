@@ -722,3 +722,55 @@ async fn fifty_thousand_keys_page_through_nats_reading_the_keys_once() {
     assert_eq!(page.cursor, None);
     let _ = js.delete_key_value(bucket).await;
 }
+
+/// redb work runs on its own bounded pool: a write that has not started within the queue wait
+/// is reported as failed and never runs, and a write that has started is waited for and
+/// reported as it ended, however long redb makes it wait.
+#[tokio::test]
+async fn redb_writes_are_never_reported_failed_and_then_committed() {
+    use wasmgate::capabilities::keyvalue::pool::BlockingPool;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_database(&dir.path().join("kv.redb")).unwrap();
+    let wait = Duration::from_secs(1);
+    let pool = Arc::new(BlockingPool::new("redb", 1, 8, wait).unwrap());
+    let kv = Arc::new(RedbBackend::new(db.clone(), "t", None, pool).unwrap());
+
+    // Another writer holds redb's one write transaction.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, is_held) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let txn = db.begin_write().unwrap();
+        held.send(()).unwrap();
+        released.recv().unwrap();
+        drop(txn);
+    });
+    is_held.recv().unwrap();
+
+    // Starts on the pool's only thread and waits there for the transaction.
+    let started = {
+        let kv = kv.clone();
+        tokio::spawn(async move { kv.set("started", b"1").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Queued behind it past the queue wait.
+    let queued = {
+        let kv = kv.clone();
+        tokio::spawn(async move { kv.set("queued", b"1").await })
+    };
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    let err = queued.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Unavailable(e) if e.contains("was not done")),
+        "{err:?}"
+    );
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(
+        started.await.unwrap(),
+        Ok(()),
+        "waited for past the queue wait"
+    );
+    assert_eq!(kv.get("started").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(kv.get("queued").await.unwrap(), None, "never written");
+}
