@@ -206,6 +206,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_whose_caller_is_gone_before_it_starts_never_runs() {
+        let pool = Arc::new(BlockingPool::new("test", 1, 8, Duration::from_secs(30)).unwrap());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let (started, has_started) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.run(move || {
+                    let _ = started.send(());
+                    let _ = blocked.recv();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        has_started.recv().unwrap();
+        // Queued behind the busy job, then its request times out (the future is dropped).
+        let gone = {
+            let (pool, ran) = (pool.clone(), ran.clone());
+            tokio::spawn(async move {
+                pool.run(move || {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        pool.run(|| Ok(())).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
     async fn a_panicking_job_is_an_error_and_the_thread_survives() {
         let pool = BlockingPool::new("test", 1, 8, WAIT).unwrap();
         let err = pool.run(|| -> Result<(), _> { panic!("boom") }).await;
