@@ -249,6 +249,20 @@ pub struct KeyValueConfig {
     /// The largest value a guest may store.
     #[serde(default = "default_max_value_size", deserialize_with = "units::size")]
     pub max_value_size: u64,
+    /// The most keys one batch call (`get-many`, `set-many`, `delete-many`) may name.
+    #[serde(default = "default_max_batch_keys")]
+    pub max_batch_keys: u64,
+    /// The most bytes of this store's data one request may have the host hold for it at once:
+    /// the values a call returns (`get-many` above all) plus its open handles (a draft2 `cas`
+    /// keeps a copy of its value).
+    #[serde(
+        default = "default_max_request_bytes",
+        deserialize_with = "units::size"
+    )]
+    pub max_request_bytes: u64,
+    /// memory: the most bytes (keys and values) the store may hold; absent, 256 MiB.
+    #[serde(default, deserialize_with = "units::opt_size")]
+    pub max_total_size: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -262,6 +276,17 @@ fn default_max_key_size() -> u64 {
 fn default_max_value_size() -> u64 {
     1 << 20
 }
+
+fn default_max_batch_keys() -> u64 {
+    1000
+}
+
+fn default_max_request_bytes() -> u64 {
+    16 << 20
+}
+
+/// `[keyvalue.NAME] max_total_size` of a memory store when it is absent.
+pub const DEFAULT_MEMORY_MAX_TOTAL_SIZE: u64 = 256 << 20;
 
 /// `[component.NAME]`: a component that provides interfaces to other components (see
 /// `runtime::linking`). It serves no route of its own.
@@ -485,6 +510,22 @@ impl Config {
             }
             if store.max_key_size == 0 || store.max_value_size == 0 {
                 bail!("[keyvalue.{name}]: max_key_size and max_value_size must be at least 1");
+            }
+            needs(
+                "max_total_size",
+                store.max_total_size.is_some(),
+                store.backend == Memory && store.max_total_size.is_some(),
+            )?;
+            if store.max_batch_keys == 0 || store.max_total_size == Some(0) {
+                bail!("[keyvalue.{name}]: max_batch_keys and max_total_size must be at least 1");
+            }
+            if store.max_request_bytes < store.max_value_size {
+                bail!(
+                    "[keyvalue.{name}]: max_request_bytes ({} bytes) must be at least \
+                     max_value_size ({} bytes), or no value could be read",
+                    store.max_request_bytes,
+                    store.max_value_size
+                );
             }
         }
         self.check_links()?;

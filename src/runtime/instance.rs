@@ -55,7 +55,7 @@ pub struct HostState {
     table: ResourceTable,
     outbound: OutboundPolicy,
     limiter: MemoryLimiter,
-    keyvalue: Grants,
+    keyvalue: keyvalue::RequestState,
     /// The route's metric handles (and its name).
     metrics: Arc<RouteMetrics>,
     component: Arc<str>,
@@ -83,7 +83,7 @@ impl HostState {
     fn keyvalue(&mut self) -> KeyValueView<'_> {
         KeyValueView {
             table: &mut self.table,
-            grants: &self.keyvalue,
+            state: &mut self.keyvalue,
             metrics: self.metrics.all(),
         }
     }
@@ -389,7 +389,7 @@ impl ComponentRoute {
                 granted: 0,
                 refused: false,
             },
-            keyvalue: settings.keyvalue.clone(),
+            keyvalue: keyvalue::RequestState::new(settings.keyvalue.clone()),
             metrics: self.metrics.clone(),
             component: settings.component.clone(),
             request_id: request_id.clone(),
