@@ -162,7 +162,7 @@ impl Metrics {
             ),
             guest_log_messages: counter(
                 "wasmgate_guest_log_messages_total",
-                "Messages components logged through wasi:logging, by level and outcome (logged, dropped).",
+                "Lines components logged through wasi:logging, stdout (level info) and stderr (level warn), by level and outcome (logged, dropped).",
                 &["route", "level", "outcome"],
             ),
             registry: registry.clone(),
@@ -175,6 +175,11 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        registry
+            .register(Box::new(
+                crate::capabilities::logging::DroppedLogLines::new(),
+            ))
+            .expect("metric names are unique");
         Arc::new(metrics)
     }
 

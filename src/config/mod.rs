@@ -122,6 +122,8 @@ pub struct LoggingConfig {
     /// Bytes (context and message) one request's component may log; more are dropped.
     #[serde(deserialize_with = "units::size")]
     pub max_guest_bytes: u64,
+    /// Log lines queued for stdout at most; more are dropped (and counted) rather than waited for.
+    pub buffer_lines: usize,
 }
 
 impl Default for LoggingConfig {
@@ -131,6 +133,7 @@ impl Default for LoggingConfig {
             level: "info".into(),
             max_guest_messages: 100,
             max_guest_bytes: 64 << 10,
+            buffer_lines: 16_384,
         }
     }
 }
