@@ -14,7 +14,9 @@ use crate::body::{LimitedBody, ResponseBody, full};
 use crate::capabilities::config_store;
 use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::logging::LogBudget;
-use crate::capabilities::outbound_http::{OutboundRule, SelfDispatch, SelfHandle};
+use crate::capabilities::outbound_http::{
+    Allowlist, OutboundRule, PrivateAddresses, SelfDispatch, SelfHandle,
+};
 use crate::config::{Config, RouteConfig};
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 use crate::router::{Lookup, RouteSpec, RouteTable};
@@ -420,11 +422,19 @@ fn component_route(
     self_handle: SelfHandle,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<ComponentRoute> {
-    let outbound = route
-        .allowed_outbound_hosts
-        .iter()
-        .map(|rule| OutboundRule::parse(rule).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outbound = Allowlist {
+        rules: route
+            .allowed_outbound_hosts
+            .iter()
+            .map(|rule| OutboundRule::parse(rule).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        admin: config.admin.listen,
+        private: if config.server.outbound_deny_private {
+            PrivateAddresses::Deny
+        } else {
+            PrivateAddresses::Allow
+        },
+    };
     let max_memory = route
         .max_memory
         .unwrap_or(config.engine.max_instance_memory);

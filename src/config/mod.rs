@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How many HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
+    /// Whether a host that only a wildcard `allowed_outbound_hosts` entry allows is refused when
+    /// it resolves to a loopback, private or link-local address.
+    pub outbound_deny_private: bool,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_streams: 200,
+            outbound_deny_private: true,
         }
     }
 }

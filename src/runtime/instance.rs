@@ -25,7 +25,7 @@ use crate::body::ResponseBody;
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, RequestLog};
-use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule, SelfHandle};
+use crate::capabilities::outbound_http::{Allowlist, OutboundPolicy, SelfHandle};
 use crate::capabilities::wasi::guest_context;
 use crate::metrics::{RejectReason, RouteMetrics, TrapKind};
 use bytes::Bytes;
@@ -177,7 +177,7 @@ pub struct RouteSettings {
     /// `links` name.
     pub component: Arc<str>,
     pub env: Vec<(String, String)>,
-    pub outbound: Arc<[OutboundRule]>,
+    pub outbound: Arc<Allowlist>,
     pub timeout: Duration,
     pub max_memory: usize,
     pub admission: Admission,
@@ -367,7 +367,7 @@ impl ComponentRoute {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
-                rules: settings.outbound.clone(),
+                allowlist: settings.outbound.clone(),
                 route: settings.name.clone(),
                 request_id: request_id.clone(),
                 response_timeout: settings.timeout,
