@@ -537,7 +537,14 @@ impl Outgoing {
         self.allowlist
             .check(&self.grants, &addresses, false)
             .map_err(|refusal| self.refuse(refusal, &uri))?;
-        let stream = connect(&addresses, connect_timeout).await?;
+        let stream = match connect(&addresses, connect_timeout).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // The policy let it go; the network did not.
+                self.metrics.outbound("allowed");
+                return Err(e);
+            }
+        };
         // An address of this machine that no class gives away (its public address) is still
         // this machine: the admin listener may be behind it when it binds every address.
         if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
