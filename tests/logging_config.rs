@@ -360,3 +360,88 @@ async fn a_trap_backtrace_is_logged_once_a_minute_per_route() {
         .count();
     assert_eq!((with_backtrace, without), (1, 2), "{trapped:#?}");
 }
+
+/// Kills the process when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test]
+async fn a_stdout_nobody_reads_drops_log_lines_and_never_holds_requests() {
+    // The gateway's stdout is a pipe this test never reads: once the pipe and the writer's
+    // queue (1,000 lines) are full, lines must be dropped and counted, and requests served.
+    let (public, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{public}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [logging]\nbuffer_lines = 1000\nmax_guest_messages = 100\n\
+         [engine]\ncache_dir = {}\nmax_instances = 16\n\
+         [[route]]\npath = \"/log\"\ncomponent = {}\n",
+        toml_path(&shared_cache_dir()),
+        toml_path(&guest("logger")),
+    );
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .args(["serve", path.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start wasmgate"),
+    );
+    let _unread = child.0.stdout.take();
+    let client = http1();
+    let started = std::time::Instant::now();
+    loop {
+        let request = http::Request::get(format!("http://127.0.0.1:{admin}/livez"))
+            .body(empty())
+            .unwrap();
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), client.request(request)).await
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "wasmgate did not start (or a port was taken)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 60 requests x 100 lines of ~170 bytes: 6,000 lines, far more than a 64 KiB pipe and
+    // 1,000 queued lines hold.
+    let started = std::time::Instant::now();
+    for _ in 0..60 {
+        let (status, _, _) = get(
+            &client,
+            &format!("http://127.0.0.1:{public}/log?repeat=0&stdout=100"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "requests were held by the log output: {:?}",
+        started.elapsed()
+    );
+    let (_, _, metrics) = get(&client, &format!("http://127.0.0.1:{admin}/metrics")).await;
+    let dropped = metric_value(&metrics, "wasmgate_log_lines_dropped_total", &[]).unwrap();
+    assert!(
+        (1000.0..6000.0).contains(&dropped),
+        "dropped {dropped} of 6,000 lines"
+    );
+}
