@@ -360,6 +360,18 @@ impl Visit for EscapingVisitor<'_, '_> {
         }
     }
 
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        // The error and its sources in one value, as `{:#}` would show an `anyhow::Error`.
+        let mut text = value.to_string();
+        let mut source = value.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        self.record_debug(field, &format_args!("{text}"));
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if self.result.is_err() || field.name().starts_with("log.") {
             return;
@@ -523,6 +535,41 @@ mod tests {
             "x\\u{7f}\\u{85}\\u{2028}y"
         );
         assert_eq!(escaped("plain ünïcode"), "plain ünïcode");
+    }
+
+    #[test]
+    fn the_text_format_escapes_every_field_value() {
+        use std::io::Write;
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(EscapedFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        let error = std::io::Error::other("bad\nthing");
+        tracing::subscriber::with_default(subscriber, || {
+            let text = "a\nb";
+            tracing::info!(context = "c\nd", shown = %"e\u{1b}f", error = &error as &dyn std::error::Error, "{text}");
+        });
+        let output = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(output.lines().count(), 1, "{output}");
+        assert!(
+            output.contains(r#"a\nb context="c\nd" shown=e\u{1b}f error=bad\nthing"#),
+            "{output}"
+        );
     }
 
     #[test]
