@@ -167,7 +167,7 @@ impl Metrics {
             ),
             guest_log_messages: counter(
                 "wasmgate_guest_log_messages_total",
-                "Messages components logged through wasi:logging, by level and outcome (logged, dropped).",
+                "Lines components logged through wasi:logging, stdout (level info) and stderr (level warn), by level and outcome (logged, dropped).",
                 &["route", "level", "outcome"],
             ),
             config_reloads: counter(
@@ -201,6 +201,11 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        registry
+            .register(Box::new(
+                crate::capabilities::logging::DroppedLogLines::new(),
+            ))
+            .expect("metric names are unique");
         Arc::new(metrics)
     }
 
@@ -325,7 +330,10 @@ impl<M> Lazy<M> {
 }
 
 /// Registers a metric that has no labels and returns it.
-fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");

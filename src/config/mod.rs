@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// load balancers stop sending traffic before the port closes.
     #[serde(deserialize_with = "units::duration")]
     pub shutdown_delay: Duration,
+    /// Whether a host that only a wildcard `allowed_outbound_hosts` entry allows is refused when
+    /// it resolves to a loopback, private or link-local address.
+    pub outbound_deny_private: bool,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +110,7 @@ impl Default for ServerConfig {
             send_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
+            outbound_deny_private: true,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct LoggingConfig {
     /// Bytes (context and message) one request's component may log; more are dropped.
     #[serde(deserialize_with = "units::size")]
     pub max_guest_bytes: u64,
+    /// Log lines queued for stdout at most; more are dropped (and counted) rather than waited for.
+    pub buffer_lines: usize,
 }
 
 impl Default for LoggingConfig {
@@ -157,6 +163,7 @@ impl Default for LoggingConfig {
             level: "info".into(),
             max_guest_messages: 100,
             max_guest_bytes: 64 << 10,
+            buffer_lines: 16_384,
         }
     }
 }

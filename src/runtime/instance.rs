@@ -26,8 +26,8 @@ use super::response::{GuestBody, GuestEnd};
 use crate::body::{CutFlag, ResponseBody};
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
-use crate::capabilities::logging::{self, LogBudget, LoggingView};
-use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule, SelfHandle};
+use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, RequestLog};
+use crate::capabilities::outbound_http::{Allowlist, OutboundPolicy, SelfHandle};
 use crate::capabilities::wasi::guest_context;
 use crate::metrics::{GaugeGuard, RejectReason, RouteMetrics, TrapKind};
 use bytes::Bytes;
@@ -58,20 +58,14 @@ pub struct HostState {
     keyvalue: keyvalue::RequestState,
     /// The route's metric handles (and its name).
     metrics: Arc<RouteMetrics>,
-    component: Arc<str>,
-    request_id: Arc<str>,
-    log_budget: LogBudget,
+    /// The request's log budget, shared with its stdout and stderr.
+    log: RequestLog,
     config: ConfigValues,
 }
 
 impl HostState {
     fn logging(&mut self) -> LoggingView<'_> {
-        LoggingView {
-            metrics: &self.metrics,
-            component: &self.component,
-            request_id: &self.request_id,
-            budget: &mut self.log_budget,
-        }
+        LoggingView { log: &self.log }
     }
 
     fn config(&mut self) -> ConfigView<'_> {
@@ -184,7 +178,7 @@ pub struct RouteSettings {
     /// `links` name.
     pub component: Arc<str>,
     pub env: Vec<(String, String)>,
-    pub outbound: Arc<[OutboundRule]>,
+    pub outbound: Arc<Allowlist>,
     pub timeout: Duration,
     pub max_memory: usize,
     pub admission: Admission,
@@ -366,17 +360,17 @@ impl ComponentRoute {
 
     fn new_store(&self, request_id: &Arc<str>, depth: u32) -> Store<HostState> {
         let settings = &self.settings;
+        let log = settings.log_budget.for_request(
+            self.metrics.clone(),
+            settings.component.clone(),
+            request_id.clone(),
+        );
         let state = HostState {
-            wasi: guest_context(
-                &settings.env,
-                &settings.name,
-                &settings.component,
-                request_id,
-            ),
+            wasi: guest_context(&settings.env, &log),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
-                rules: settings.outbound.clone(),
+                allowlist: settings.outbound.clone(),
                 route: settings.name.clone(),
                 request_id: request_id.clone(),
                 response_timeout: settings.timeout,
@@ -391,9 +385,7 @@ impl ComponentRoute {
             },
             keyvalue: keyvalue::RequestState::new(settings.keyvalue.clone()),
             metrics: self.metrics.clone(),
-            component: settings.component.clone(),
-            request_id: request_id.clone(),
-            log_budget: settings.log_budget.clone(),
+            log,
             config: settings.config.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -427,10 +419,23 @@ impl ComponentRoute {
             TrapKind::Trap
         };
         self.metrics.trap(kind);
-        tracing::error!(
-            route = %route, request_id, kind = kind.as_str(), error = ?error,
-            "{}", if instantiating { "component could not be instantiated" } else { "component trapped" }
-        );
+        let what = if instantiating {
+            "component could not be instantiated"
+        } else {
+            "component trapped"
+        };
+        // The backtrace at most once a minute per route: a guest that traps on every request
+        // must not fill the log with it.
+        match self.settings.log_budget.backtrace() {
+            Backtrace::Log => tracing::error!(
+                route = %route, request_id, kind = kind.as_str(), error = ?error, "{what}"
+            ),
+            Backtrace::Omit => tracing::error!(
+                route = %route, request_id, kind = kind.as_str(),
+                error = %logging::error_summary(error),
+                "{what} (backtrace omitted: logged once a minute per route)"
+            ),
+        }
         if instantiating {
             GuestEnd::InstantiationFailed
         } else {

@@ -10,7 +10,7 @@
 use crate::capabilities::config_store;
 use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::logging::LogBudget;
-use crate::capabilities::outbound_http::{OutboundRule, SelfHandle};
+use crate::capabilities::outbound_http::{Allowlist, OutboundRule, PrivateAddresses, SelfHandle};
 use crate::config::{Config, RouteConfig};
 use crate::generation::{Generation, RequestLimits, Route, Target};
 use crate::metrics::Metrics;
@@ -229,11 +229,19 @@ fn component_route(
     metrics: Arc<crate::metrics::RouteMetrics>,
     instances: &InstanceSlots,
 ) -> anyhow::Result<ComponentRoute> {
-    let outbound = route
-        .allowed_outbound_hosts
-        .iter()
-        .map(|rule| OutboundRule::parse(rule).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outbound = Allowlist {
+        rules: route
+            .allowed_outbound_hosts
+            .iter()
+            .map(|rule| OutboundRule::parse(rule).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        admin: config.admin.listen,
+        private: if config.server.outbound_deny_private {
+            PrivateAddresses::Deny
+        } else {
+            PrivateAddresses::Allow
+        },
+    };
     let max_memory = route
         .max_memory
         .unwrap_or(config.engine.max_instance_memory);
