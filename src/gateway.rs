@@ -57,7 +57,13 @@ impl Gateway {
     pub fn load(&self, config: &Config) -> anyhow::Result<Arc<Generation>> {
         let me: Weak<dyn SelfDispatch> = self.me.clone();
         let self_handle: SelfHandle = Arc::new(std::sync::OnceLock::from(me));
-        let generation = Arc::new(loader::load(&self.process, config, &self_handle)?);
+        let previous = self.generation.load_full();
+        let generation = Arc::new(loader::load(
+            &self.process,
+            config,
+            &self_handle,
+            &previous,
+        )?);
         self.generation.store(generation.clone());
         Ok(generation)
     }

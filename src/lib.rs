@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod generation;
 pub mod guards;
 pub mod metrics;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -39,6 +39,15 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Ask a running gateway to reload its config file, and print the outcome.
+    ///
+    /// Sends `POST /reload` to the gateway's admin port. Exits non-zero if the new config was
+    /// refused (the gateway keeps serving the old one) or the gateway cannot be reached.
+    Reload {
+        /// The gateway's admin address (`[admin] listen`).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -52,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config, cli.log_format),
         Command::Check { config } => check(config, cli.log_format),
+        Command::Reload { admin } => reload(admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,7 +80,38 @@ fn serve(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(wasmgate::server::run(config))
+    runtime.block_on(wasmgate::server::run(config, path))
+}
+
+fn reload(admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (status, text) = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let request = http::Request::post(format!("http://{admin}/reload"))
+            .body(http_body_util::Empty::new())
+            .context("cannot build the request")?;
+        let response = client
+            .request(request)
+            .await
+            .with_context(|| format!("cannot reach the gateway's admin port at {admin}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("the gateway's answer broke off")?
+            .to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })?;
+    print!("{text}");
+    anyhow::ensure!(status.is_success(), "the reload was not applied ({status})");
+    Ok(())
 }
 
 fn check(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {

@@ -379,7 +379,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
 }
 
 #[tokio::test]
-async fn sighup_is_ignored_and_sigterm_fails_readiness_before_closing() {
+async fn sighup_does_not_end_the_process_and_sigterm_fails_readiness_before_closing() {
     let mut gw = Gateway::start_with(
         &routes(),
         Sections {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// `[server]`: the public listener and the limits it applies to every connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -92,6 +92,8 @@ pub struct ServerConfig {
     /// Whether a host that only a wildcard `allowed_outbound_hosts` entry allows is refused when
     /// it resolves to a loopback, private or link-local address.
     pub outbound_deny_private: bool,
+    /// Reload when the config file or a component file it names changes.
+    pub watch: bool,
 }
 
 impl Default for ServerConfig {
@@ -111,12 +113,13 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
             outbound_deny_private: true,
+            watch: false,
         }
     }
 }
 
 /// `[admin]`: the operator's listener for probes and metrics.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -140,7 +143,7 @@ pub enum LogFormat {
 }
 
 /// `[logging]`: the gateway's log output, and what one request's guest may log.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     pub format: LogFormat,
@@ -169,7 +172,7 @@ impl Default for LoggingConfig {
 }
 
 /// `[engine]`: the one wasmtime engine the process shares, and its instance pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Where compiled components are cached; `""` disables the cache.
@@ -230,7 +233,7 @@ pub enum KeyValueBackend {
 }
 
 /// `[keyvalue.NAME]`: one named store.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyValueConfig {
     pub backend: KeyValueBackend,
@@ -297,7 +300,7 @@ pub const DEFAULT_MEMORY_MAX_TOTAL_SIZE: u64 = 256 << 20;
 
 /// `[component.NAME]`: a component that provides interfaces to other components (see
 /// `runtime::linking`). It serves no route of its own.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamedComponentConfig {
     /// The component file.
@@ -309,7 +312,7 @@ pub struct NamedComponentConfig {
 }
 
 /// One `[[route]]`: what requests it matches and the component that serves them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `api.example.com`, `*.example.com`, or absent for any host.

@@ -15,8 +15,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct Admission {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
-    queue_size: usize,
-    queue_timeout: Duration,
+    limits: AdmissionLimits,
+}
+
+/// A route's admission settings: `max_concurrency`, `queue_size`, `queue_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    pub max_concurrency: usize,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
 }
 
 /// Held while an instance of the route is alive; dropping it admits the next request.
@@ -27,9 +34,19 @@ impl Admission {
         Admission {
             permits: Arc::new(Semaphore::new(max_concurrency)),
             waiting: AtomicUsize::new(0),
-            queue_size,
-            queue_timeout,
+            limits: AdmissionLimits {
+                max_concurrency,
+                queue_size,
+                queue_timeout,
+            },
         }
+    }
+
+    /// The settings this admission state enforces. A reload keeps a route's admission state
+    /// (its permits in use and its queue) when these did not change, so requests on the old
+    /// and the new generation share one limit.
+    pub fn limits(&self) -> AdmissionLimits {
+        self.limits
     }
 
     /// Waits for a permit, within the queue's bounds.
@@ -37,9 +54,14 @@ impl Admission {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let _place =
-            QueuePlace::take(&self.waiting, self.queue_size).ok_or(RejectReason::QueueFull)?;
-        match tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await {
+        let _place = QueuePlace::take(&self.waiting, self.limits.queue_size)
+            .ok_or(RejectReason::QueueFull)?;
+        match tokio::time::timeout(
+            self.limits.queue_timeout,
+            self.permits.clone().acquire_owned(),
+        )
+        .await
+        {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; treat it like a timeout if it ever is.
             Ok(Err(_)) | Err(_) => Err(RejectReason::QueueTimeout),

@@ -181,7 +181,8 @@ pub struct RouteSettings {
     pub outbound: Arc<Allowlist>,
     pub timeout: Duration,
     pub max_memory: usize,
-    pub admission: Admission,
+    /// Shared with the same route of the previous generation when its limits did not change.
+    pub admission: Arc<Admission>,
     /// `[engine] max_instances`, shared by every route.
     pub instances: InstanceSlots,
     pub keyvalue: Grants,
@@ -213,6 +214,11 @@ impl ComponentRoute {
 
     pub fn metrics(&self) -> &Arc<RouteMetrics> {
         &self.metrics
+    }
+
+    /// The route's admission state.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.settings.admission
     }
 
     /// The component, as log lines name it.

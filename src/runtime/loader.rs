@@ -15,7 +15,7 @@ use crate::config::{Config, RouteConfig};
 use crate::generation::{Generation, RequestLimits, Route, Target};
 use crate::metrics::Metrics;
 use crate::router::{RouteSpec, RouteTable};
-use crate::runtime::admission::Admission;
+use crate::runtime::admission::{Admission, AdmissionLimits};
 use crate::runtime::component::{self, Origin};
 use crate::runtime::engine::{Allocator, EpochTicker, InstanceSlots, build_engine};
 use crate::runtime::instance::{ComponentRoute, HostState, RouteSettings, linker};
@@ -31,7 +31,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 pub struct Process {
     engine: wasmtime::Engine,
     linker: Linker<HostState>,
-    stores: Stores,
+    /// The stores of the live generation; a load builds the next ones from these.
+    stores: std::sync::Mutex<Arc<Stores>>,
     metrics: Arc<Metrics>,
     instances: InstanceSlots,
     /// Which allocator the engine ended up with.
@@ -51,7 +52,7 @@ impl Process {
         Ok(Process {
             engine,
             linker,
-            stores,
+            stores: std::sync::Mutex::new(Arc::new(stores)),
             metrics,
             instances,
             allocator,
@@ -62,15 +63,59 @@ impl Process {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    fn stores(&self) -> Arc<Stores> {
+        match self.stores.lock() {
+            Ok(stores) => stores.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_stores(&self, stores: Arc<Stores>) {
+        match self.stores.lock() {
+            Ok(mut current) => *current = stores,
+            Err(poisoned) => *poisoned.into_inner() = stores,
+        }
+    }
 }
 
 /// Builds the generation `config` describes on `process`; see the module docs. `self_handle`
-/// is how its components reach the gateway at `http://self`.
+/// is how its components reach the gateway at `http://self`; `previous` is the generation
+/// serving now, whose admission state carries over to routes whose limits did not change.
+/// Keyvalue stores that the config defines as before are kept (see `Stores::next`); the new
+/// set replaces the process's only once the whole generation is built.
 pub fn load(
     process: &Process,
     config: &Config,
     self_handle: &SelfHandle,
+    previous: &Generation,
 ) -> anyhow::Result<Generation> {
+    let stores = Arc::new(process.stores().next(
+        &config.keyvalue,
+        |p| config.resolve(p),
+        &process.metrics,
+    )?);
+    let generation = load_routes(process, &stores, config, self_handle, previous)?;
+    process.set_stores(stores);
+    Ok(generation)
+}
+
+fn load_routes(
+    process: &Process,
+    stores: &Stores,
+    config: &Config,
+    self_handle: &SelfHandle,
+    previous: &Generation,
+) -> anyhow::Result<Generation> {
+    // The previous generation's admission state by route name, where the name is unique.
+    let mut previous_admission: HashMap<&str, Option<&Arc<Admission>>> = HashMap::new();
+    for (_, route) in previous.routes.targets() {
+        let Target::Component(component) = &route.target;
+        previous_admission
+            .entry(&route.metrics.route)
+            .and_modify(|shared| *shared = None)
+            .or_insert(Some(component.admission()));
+    }
     for name in config.unused_components() {
         tracing::warn!(
             component = name,
@@ -100,21 +145,25 @@ pub fn load(
                 pre
             }
         };
-        let grants = process
-            .stores
+        let grants = stores
             .grants(&route.keyvalue)
             .with_context(|| name.clone())?;
-        let metrics = process.metrics.route(&route.label());
+        let label = route.label();
+        let admission = admission(
+            route,
+            previous_admission.get(label.as_str()).copied().flatten(),
+        );
         let component = component_route(
             config,
             route,
             pre,
             grants,
             self_handle.clone(),
-            metrics.clone(),
-            &process.instances,
+            process,
+            admission,
         )
         .with_context(|| name.clone())?;
+        let metrics = component.metrics().clone();
         specs.push(RouteSpec {
             host: route.host.clone(),
             path: route.path.clone(),
@@ -226,8 +275,8 @@ fn component_route(
     pre: ProxyPre<HostState>,
     keyvalue: Grants,
     self_handle: SelfHandle,
-    metrics: Arc<crate::metrics::RouteMetrics>,
-    instances: &InstanceSlots,
+    process: &Process,
+    admission: Arc<Admission>,
 ) -> anyhow::Result<ComponentRoute> {
     let outbound = Allowlist {
         rules: route
@@ -262,12 +311,8 @@ fn component_route(
         outbound: outbound.into(),
         timeout: route.timeout.unwrap_or(config.server.request_timeout),
         max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
-        admission: Admission::new(
-            route.max_concurrency,
-            route.queue_size.unwrap_or(route.max_concurrency),
-            route.queue_timeout,
-        ),
-        instances: instances.clone(),
+        admission,
+        instances: process.instances.clone(),
         keyvalue,
         config: config_store::resolve(&route.config, |name| std::env::var(name).ok())?,
         self_handle,
@@ -276,7 +321,26 @@ fn component_route(
             config.logging.max_guest_bytes,
         ),
     };
+    let metrics = process.metrics.route(&route.label());
     Ok(ComponentRoute::new(settings, pre, metrics))
+}
+
+/// The route's admission state: the previous generation's, if its limits are the same (so a
+/// reload does not double a route's concurrency while old requests finish), else a new one.
+fn admission(route: &RouteConfig, previous: Option<&Arc<Admission>>) -> Arc<Admission> {
+    let limits = AdmissionLimits {
+        max_concurrency: route.max_concurrency,
+        queue_size: route.queue_size.unwrap_or(route.max_concurrency),
+        queue_timeout: route.queue_timeout,
+    };
+    match previous {
+        Some(admission) if admission.limits() == limits => admission.clone(),
+        _ => Arc::new(Admission::new(
+            limits.max_concurrency,
+            limits.queue_size,
+            limits.queue_timeout,
+        )),
+    }
 }
 
 /// Adds how to build the example guests to a "file not found" for one of them.

@@ -12,7 +12,7 @@
 //! On SIGTERM or SIGINT: `/readyz` starts failing at once, the listener keeps accepting for
 //! `shutdown_delay` and then closes, open connections finish their in-flight requests (HTTP/1.1
 //! closes after the current response, HTTP/2 sends GOAWAY) for up to `shutdown_grace`, and the
-//! process exits 0. SIGHUP is ignored.
+//! process exits 0. SIGHUP reloads the config (`crate::reload`).
 
 pub mod connection;
 
@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::reload::{self, Reloader, Trigger};
 use crate::runtime::loader::Process;
 use anyhow::Context;
 use connection::{
@@ -29,49 +30,43 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-/// Builds the gateway from `config` and serves until a shutdown signal.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    ignore_hangups();
+/// Builds the gateway from `config` (read from `path`) and serves until a shutdown signal.
+///
+/// The admin port opens first: `/livez` answers at once and `/readyz` turns 200 only once the
+/// first generation is built, so a slow first compile does not fail liveness probes.
+pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let hangups = hangup_signals();
     let metrics = Metrics::new();
-    let gateway = {
-        let config = config.clone();
-        let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            let gateway = Gateway::new(Process::start(&config, metrics)?);
-            gateway.load(&config)?;
-            anyhow::Ok(gateway)
-        })
-        .await
-        .context("building the gateway panicked")??
-    };
-
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} ([server] listen)",
-                config.server.listen
-            )
-        })?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([admin] listen)", config.admin.listen))?;
-    let address = listener.local_addr()?;
     let admin_address = admin_listener.local_addr()?;
 
-    let ready = Arc::new(AtomicBool::new(true));
+    let process = {
+        let config = config.clone();
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || Process::start(&config, metrics))
+            .await
+            .context("starting the engine panicked")??
+    };
+    let gateway = Gateway::new(process);
+    let ready = Arc::new(AtomicBool::new(false));
+    let reloader: Arc<OnceLock<Arc<Reloader>>> = Arc::new(OnceLock::new());
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
         ready: ready.clone(),
-        routes: gateway.generation().route_lines(),
+        gateway: gateway.clone(),
+        reloader: reloader.clone(),
     });
     let admin_task = tokio::spawn(async move {
         let serve = axum::serve(admin_listener, admin_app).with_graceful_shutdown(async {
@@ -81,6 +76,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::error!(error = %e, "the admin listener failed");
         }
     });
+
+    {
+        let config = config.clone();
+        let gateway = gateway.clone();
+        tokio::task::spawn_blocking(move || gateway.load(&config))
+            .await
+            .context("building the gateway panicked")??;
+    }
+    let reloads = Arc::new(Reloader::new(gateway.clone(), path, config.clone()));
+    let _ = reloader.set(reloads.clone());
+    tokio::spawn(reload_on_hangup(hangups, reloads.clone()));
+    tokio::spawn(reload::watch(reloads));
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} ([server] listen)",
+                config.server.listen
+            )
+        })?;
+    let address = listener.local_addr()?;
+    ready.store(true, Ordering::Release);
 
     tracing::info!(
         routes = config.routes.len(),
@@ -249,19 +267,25 @@ fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Logs and otherwise ignores SIGHUP, which would end the process by default; the config is
-/// not reloaded (yet), so a stray `kill -HUP` must not take the gateway down.
-/// The handler is installed before this returns, so no SIGHUP after it can end the process.
-fn ignore_hangups() {
+/// SIGHUP, listened for from the start: a SIGHUP's default action ends the process, so the
+/// handler is installed before anything slow happens.
+fn hangup_signals() -> Option<tokio::signal::unix::Signal> {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(mut hangups) => {
-            tokio::spawn(async move {
-                while hangups.recv().await.is_some() {
-                    tracing::warn!("received SIGHUP: reloading is not supported yet; ignored");
-                }
-            });
+        Ok(hangups) => Some(hangups),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP");
+            None
         }
-        Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
+    }
+}
+
+/// Reloads the config on every SIGHUP.
+async fn reload_on_hangup(hangups: Option<tokio::signal::unix::Signal>, reloader: Arc<Reloader>) {
+    let Some(mut hangups) = hangups else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        reloader.reload(Trigger::Signal).await;
     }
 }
 

@@ -110,10 +110,14 @@ pub type Grants = Arc<HashMap<String, Option<Arc<Store>>>>;
 /// The `store` label of a refused `open` of a name no `[keyvalue.NAME]` defines.
 pub const UNDEFINED_STORE: &str = "(undefined)";
 
-/// Every configured store.
+/// Every configured store, with the definition it was built from.
 #[derive(Default)]
 pub struct Stores {
     stores: BTreeMap<String, Arc<Store>>,
+    definitions: BTreeMap<String, KeyValueConfig>,
+    /// Open redb files by path: a file can be opened once per process.
+    redb_files: HashMap<PathBuf, Arc<::redb::Database>>,
+    redb_pool: Option<Arc<pool::BlockingPool>>,
 }
 
 impl Stores {
@@ -124,10 +128,28 @@ impl Stores {
         resolve: impl Fn(&std::path::Path) -> PathBuf,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<Stores> {
-        let mut redb_files: HashMap<PathBuf, Arc<::redb::Database>> = HashMap::new();
-        let mut redb_pool: Option<Arc<pool::BlockingPool>> = None;
+        Stores::default().next(config, resolve, metrics)
+    }
+
+    /// The stores of a new config (a reload): a store whose definition did not change is kept
+    /// as it is, with its connections and data; a new or changed one is built. Open redb files
+    /// are shared, since a file can be opened only once per process.
+    pub fn next(
+        &self,
+        config: &BTreeMap<String, KeyValueConfig>,
+        resolve: impl Fn(&std::path::Path) -> PathBuf,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Stores> {
+        let mut redb_files = self.redb_files.clone();
+        let mut redb_pool = self.redb_pool.clone();
         let mut stores = BTreeMap::new();
         for (name, store) in config {
+            if self.definitions.get(name) == Some(store)
+                && let Some(kept) = self.stores.get(name)
+            {
+                stores.insert(name.clone(), kept.clone());
+                continue;
+            }
             let context = || format!("[keyvalue.{name}]");
             let backend: Arc<dyn Backend> = match store.backend {
                 KeyValueBackend::Memory => Arc::new(memory::MemoryBackend::new(size(
@@ -195,7 +217,12 @@ impl Stores {
             };
             stores.insert(name.clone(), Arc::new(store));
         }
-        Ok(Stores { stores })
+        Ok(Stores {
+            stores,
+            definitions: config.clone(),
+            redb_files,
+            redb_pool,
+        })
     }
 
     /// The grants of a route that lists `names`; an undefined name is an error.
