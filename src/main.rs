@@ -117,7 +117,7 @@ fn reload(admin: std::net::SocketAddr) -> anyhow::Result<()> {
 fn check(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let _log_writer = init_logging(&config, format, Output::Blocking);
-    let gateway = Gateway::new(Process::start(&config, Metrics::new())?);
+    let gateway = Gateway::new(Process::for_check(&config, Metrics::new())?);
     let generation = gateway.load(&config)?;
     println!(
         "{}: OK, {} routes, {} components",

@@ -233,3 +233,35 @@ async fn sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero() {
     let exit = gw.wait_exit(Duration::from_secs(10));
     assert!(exit.success(), "exit status {exit}");
 }
+
+#[tokio::test]
+async fn check_opens_no_store_and_passes_beside_a_running_gateway() {
+    let routes = format!(
+        "[keyvalue.default]\nbackend = \"redb\"\npath = \"data/kv.redb\"\n\n[[route]]\npath = \"/count/...\"\ncomponent = {}\nkeyvalue = [\"default\"]\n",
+        toml_path(&guest("kv-counter"))
+    );
+    // Alone: a check creates no data file.
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = check_config(dir.path(), &format!("{}\n{routes}", engine()));
+    assert!(ok, "{text}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "check created the data directory"
+    );
+
+    // Beside a gateway that holds the redb file's lock.
+    let gw = Gateway::start(&routes);
+    assert_eq!(get(&http1(), &gw.url("/count/x")).await.0, StatusCode::OK);
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args([
+            "check",
+            gw.dir.path().join("wasmgate.toml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -44,10 +44,25 @@ impl Process {
     /// Creates the engine, its ticker and linker, the instance slots and the keyvalue stores
     /// `config` declares.
     pub fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Process> {
+        let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
+        Process::with_stores(config, metrics, stores)
+    }
+
+    /// A process for `wasmgate check`: like [`Process::start`], but no keyvalue store is opened
+    /// or connected to (see `Stores::unopened`).
+    pub fn for_check(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Process> {
+        let stores = Stores::unopened(&config.keyvalue, &metrics);
+        Process::with_stores(config, metrics, stores)
+    }
+
+    fn with_stores(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        stores: Stores,
+    ) -> anyhow::Result<Process> {
         let (engine, allocator) = build_engine(&config.engine)?;
         let instances = InstanceSlots::new(config.engine.max_instances);
         let linker = linker(&engine)?;
-        let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
         let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick);
         Ok(Process {
             engine,

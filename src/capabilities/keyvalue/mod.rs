@@ -121,6 +121,29 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// What `wasmgate check` needs: the stores the config defines, checked, but none opened.
+    /// Every store is an empty in-memory one, so a check never takes a redb file's lock (which
+    /// a running gateway holds) or creates a data file.
+    pub fn unopened(config: &BTreeMap<String, KeyValueConfig>, metrics: &Arc<Metrics>) -> Stores {
+        let stores = config
+            .iter()
+            .map(|(name, store)| {
+                let backend: Arc<dyn Backend> = Arc::new(memory::MemoryBackend::new(size(
+                    DEFAULT_MEMORY_MAX_TOTAL_SIZE,
+                )));
+                (
+                    name.clone(),
+                    Arc::new(Store::new(name, store, backend, metrics)),
+                )
+            })
+            .collect();
+        Stores {
+            stores,
+            definitions: config.clone(),
+            ..Stores::default()
+        }
+    }
+
     /// Builds the stores of the config. Remote backends connect on first use, so a gateway
     /// starts even while Redis or NATS is down.
     pub fn build(
@@ -206,16 +229,10 @@ impl Stores {
                     Arc::new(nats::NatsBackend::new(url, &bucket, store.create_bucket))
                 }
             };
-            let store = Store {
-                name: name.as_str().into(),
-                ops: Op::ALL.map(|op| metrics.keyvalue_op(name, backend.kind(), op.as_str())),
-                backend,
-                max_key_size: size(store.max_key_size),
-                max_value_size: size(store.max_value_size),
-                max_batch_keys: size(store.max_batch_keys),
-                max_request_bytes: size(store.max_request_bytes),
-            };
-            stores.insert(name.clone(), Arc::new(store));
+            stores.insert(
+                name.clone(),
+                Arc::new(Store::new(name, store, backend, metrics)),
+            );
         }
         Ok(Stores {
             stores,
@@ -313,6 +330,23 @@ pub fn open(grants: &Grants, name: &str, metrics: &Metrics) -> Result<Arc<Store>
 }
 
 impl Store {
+    fn new(
+        name: &str,
+        config: &KeyValueConfig,
+        backend: Arc<dyn Backend>,
+        metrics: &Arc<Metrics>,
+    ) -> Store {
+        Store {
+            name: name.into(),
+            ops: Op::ALL.map(|op| metrics.keyvalue_op(name, backend.kind(), op.as_str())),
+            backend,
+            max_key_size: size(config.max_key_size),
+            max_value_size: size(config.max_value_size),
+            max_batch_keys: size(config.max_batch_keys),
+            max_request_bytes: size(config.max_request_bytes),
+        }
+    }
+
     fn check_key(&self, key: &str) -> Result<(), KvError> {
         if key.is_empty() {
             return Err(KvError::Other("the key must not be empty".into()));

@@ -1,0 +1,312 @@
+//! Reloading the config while serving: build then swap, invisible to clients (issue 9).
+
+mod common;
+
+use common::*;
+use http::{Request, StatusCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The sections `Gateway::start` writes, so a test can rewrite the file with other routes.
+fn config_text(routes: &str, server: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[engine]\n{}\n{routes}",
+        Sections::default().engine
+    )
+}
+
+/// Generation A: `/v` is hello, `/stream` streams.
+fn routes_a() -> String {
+    format!(
+        r#"
+[[route]]
+path = "/v"
+component = {hello}
+
+[[route]]
+path = "/stream"
+component = {streaming}
+"#,
+        hello = toml_path(&guest("hello")),
+        streaming = toml_path(&guest("streaming")),
+    )
+}
+
+/// Generation B: `/v` is echo (another component), and `/extra` is a new route.
+fn routes_b() -> String {
+    format!(
+        r#"
+[[route]]
+path = "/v"
+component = {echo}
+
+[[route]]
+path = "/stream"
+component = {streaming}
+
+[[route]]
+path = "/extra"
+component = {hello}
+"#,
+        hello = toml_path(&guest("hello")),
+        echo = toml_path(&guest("echo")),
+        streaming = toml_path(&guest("streaming")),
+    )
+}
+
+fn rewrite(gw: &Gateway, text: &str) {
+    std::fs::write(gw.dir.path().join("wasmgate.toml"), text).expect("write config");
+}
+
+async fn reload(gw: &Gateway) -> (StatusCode, String) {
+    let request = Request::post(gw.admin_url("/reload"))
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = read(send(&http1(), request).await).await;
+    (status, body)
+}
+
+async fn generation(gw: &Gateway) -> f64 {
+    metric_value(&gw.metrics().await, "wasmgate_config_generation", &[]).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn twenty_reloads_under_load_lose_no_request() {
+    let gw = Gateway::start(&routes_a());
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let client = if i % 2 == 0 { http1() } else { http2() };
+        let url = gw.url("/v");
+        let stop = stop.clone();
+        let served = served.clone();
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::get(&url).body(empty()).unwrap();
+                match client.request(request).await {
+                    Ok(response) => {
+                        let (status, headers, body) = read(response).await;
+                        // One generation's answer or the other's, whole: hello's text, or
+                        // echo's headers with an empty body.
+                        let hello = body == "Hello from wasmgate!\n";
+                        let echo = headers.contains_key("x-echo-method") && body.is_empty();
+                        if status != StatusCode::OK || !(hello || echo) {
+                            failures.push(format!("{status} {body:?}"));
+                        }
+                    }
+                    Err(e) => failures.push(format!("request failed: {e:?}")),
+                }
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    // A streamed response that spans several reloads.
+    let streamed = {
+        let url = gw.url("/stream?chunks=20&delay_ms=100");
+        tokio::spawn(async move { get(&http1(), &url).await })
+    };
+
+    for i in 0..20 {
+        let (routes, extra) = if i % 2 == 0 {
+            (routes_b(), StatusCode::OK)
+        } else {
+            (routes_a(), StatusCode::NOT_FOUND)
+        };
+        rewrite(&gw, &config_text(&routes, ""));
+        let (status, body) = reload(&gw).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains(&format!("generation {}", i + 2)), "{body}");
+        let (status, _, _) = get(&http1(), &gw.url("/extra")).await;
+        assert_eq!(status, extra, "after reload {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    assert!(
+        served.load(Ordering::Relaxed) > 200,
+        "the load was too light"
+    );
+    let (status, _, body) = streamed.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.lines().count(), 20, "{body}");
+    assert_eq!(generation(&gw).await, 21.0);
+}
+
+#[tokio::test]
+async fn a_broken_config_or_component_keeps_the_old_generation() {
+    let gw = Gateway::start(&routes_a());
+    rewrite(&gw, &config_text(&routes_a(), "no_such_key = 1\n"));
+    let (status, body) = reload(&gw).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.contains("no_such_key"), "{body}");
+
+    let not_a_component = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let broken = format!(
+        "{}\n[[route]]\npath = \"/broken\"\ncomponent = {}\n",
+        routes_b(),
+        toml_path(&not_a_component)
+    );
+    rewrite(&gw, &config_text(&broken, ""));
+    let (status, body) = reload(&gw).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body.contains("/broken") && body.contains("Cargo.toml"),
+        "{body}"
+    );
+
+    // Generation 1 still serves: hello at /v, no /extra.
+    let (status, _, body) = get(&http1(), &gw.url("/v")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "Hello from wasmgate!\n")
+    );
+    assert_eq!(
+        get(&http1(), &gw.url("/extra")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "wasmgate_config_reloads_total",
+            &[("outcome", "failure")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(generation(&gw).await, 1.0);
+    gw.wait_for_output(Duration::from_secs(5), |line| {
+        line.contains("reload failed, still serving the old config")
+    });
+}
+
+#[tokio::test]
+async fn sighup_the_reload_command_and_a_file_change_each_reload() {
+    let gw = Gateway::start_with(
+        &routes_a(),
+        Sections {
+            server: "watch = true\n".into(),
+            ..Sections::default()
+        },
+    );
+    // SIGHUP.
+    rewrite(&gw, &config_text(&routes_b(), "watch = true\n"));
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for_generation(&gw, 2.0).await;
+    assert_eq!(get(&http1(), &gw.url("/extra")).await.0, StatusCode::OK);
+
+    // `wasmgate reload --admin ADDR`.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(["reload", "--admin", &gw.admin.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("reloaded: generation 3"), "{text}");
+
+    // A change to the config file, with `watch = true`.
+    rewrite(&gw, &config_text(&routes_a(), "watch = true\n"));
+    wait_for_generation(&gw, 4.0).await;
+    assert_eq!(
+        get(&http1(), &gw.url("/extra")).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+async fn wait_for_generation(gw: &Gateway, want: f64) {
+    let started = Instant::now();
+    while generation(gw).await != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "generation {} after 10 s, expected {want}:\n{}",
+            generation(gw).await,
+            gw.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// In process: a request in flight keeps its generation's component alive, and it is freed
+/// once that request ends.
+#[tokio::test]
+async fn the_old_generation_is_freed_when_its_last_request_ends() {
+    use http_body_util::BodyExt;
+    use wasmgate::generation::Target;
+
+    let dir = tempfile::tempdir().unwrap();
+    let parse = |routes: &str| {
+        wasmgate::config::Config::parse(&config_text(routes, ""), dir.path().to_path_buf()).unwrap()
+    };
+    let first = parse(&routes_a());
+    let gateway = wasmgate::gateway::Gateway::new(
+        wasmgate::runtime::loader::Process::start(&first, wasmgate::metrics::Metrics::new())
+            .unwrap(),
+    );
+    gateway.load(&first).unwrap();
+    let old_components: Vec<_> = gateway
+        .generation()
+        .routes
+        .targets()
+        .map(|(_, route)| match &route.target {
+            Target::Component(component) => Arc::downgrade(component),
+        })
+        .collect();
+
+    let body = http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
+    let request = Request::get("http://localhost/stream?chunks=3&delay_ms=200")
+        .body(body)
+        .unwrap();
+    let response = gateway.handle(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    gateway.load(&parse(&routes_b())).unwrap();
+    assert!(
+        old_components.iter().any(|weak| weak.upgrade().is_some()),
+        "the streaming request still uses its generation's component"
+    );
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(text.len(), "chunk 0\n".len() * 3);
+    // The guest's task drops its store after the body ends.
+    let started = Instant::now();
+    while old_components.iter().any(|weak| weak.upgrade().is_some()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the old generation's components are still alive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_route_whose_limits_did_not_change_keeps_its_admission_state() {
+    let routes = format!(
+        "[[route]]\npath = \"/one\"\ncomponent = {}\nmax_concurrency = 1\nqueue_size = 0\n",
+        toml_path(&guest("streaming"))
+    );
+    let gw = Gateway::start(&routes);
+    // Holds the route's only permit for about a second.
+    let held = {
+        let url = gw.url("/one?chunks=10&delay_ms=100");
+        tokio::spawn(async move { get(&http1(), &url).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rewrite(&gw, &config_text(&format!("{routes}\n{}", routes_b()), ""));
+    assert_eq!(reload(&gw).await.0, StatusCode::OK);
+    // The new generation's /one shares the old one's limit: still full.
+    let (status, _, _) = get(&http1(), &gw.url("/one?chunks=1&delay_ms=0")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(held.await.unwrap().0, StatusCode::OK);
+    let (status, _, _) = get(&http1(), &gw.url("/one?chunks=1&delay_ms=0")).await;
+    assert_eq!(status, StatusCode::OK);
+}
