@@ -6,6 +6,11 @@
 //! the config. Per-route handles are resolved once when the route is built ([`RouteMetrics`]) so
 //! the request path does not hash label values for them.
 
+use crate::capabilities::logging::Admit;
+use crate::capabilities::outbound_http::OutboundOutcome;
+use crate::reload::Outcome as ReloadOutcome;
+use crate::runtime::admission::RejectReason;
+use crate::runtime::instance::TrapKind;
 use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -48,42 +53,6 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// When the last reload (or the first load) was applied, in seconds since the epoch.
     pub config_last_success: prometheus::Gauge,
-}
-
-/// Why admission control turned a request away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    QueueFull,
-    QueueTimeout,
-    PoolExhausted,
-}
-
-impl RejectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::QueueFull => "queue_full",
-            RejectReason::QueueTimeout => "queue_timeout",
-            RejectReason::PoolExhausted => "pool_exhausted",
-        }
-    }
-}
-
-/// How a guest failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrapKind {
-    Trap,
-    Timeout,
-    Memory,
-}
-
-impl TrapKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrapKind::Trap => "trap",
-            TrapKind::Timeout => "timeout",
-            TrapKind::Memory => "memory",
-        }
-    }
 }
 
 impl Metrics {
@@ -209,9 +178,12 @@ impl Metrics {
         Arc::new(metrics)
     }
 
-    /// Counts a reload that was applied (`true`) or refused.
-    pub fn reloaded(&self, applied: bool) {
-        let outcome = if applied { "success" } else { "failure" };
+    /// Counts a reload by its outcome.
+    pub fn reloaded(&self, outcome: &ReloadOutcome) {
+        let outcome = match outcome {
+            ReloadOutcome::Applied { .. } => "success",
+            ReloadOutcome::Failed(_) => "failure",
+        };
         self.config_reloads.with_label_values(&[outcome]).inc();
     }
 
@@ -380,17 +352,21 @@ impl RouteMetrics {
         self.rejected[reason as usize].inc();
     }
 
-    pub fn outbound(&self, outcome: &str) {
+    pub fn outbound(&self, outcome: OutboundOutcome) {
         match outcome {
-            "denied" => self.outbound_denied.inc(),
-            _ => self.outbound_allowed.inc(),
+            OutboundOutcome::Denied => self.outbound_denied.inc(),
+            OutboundOutcome::Allowed => self.outbound_allowed.inc(),
         }
     }
 
-    /// Counts a `wasi:logging` message; `level` indexes [`GUEST_LOG_LEVELS`].
-    pub fn guest_log(&self, level: usize, logged: bool) {
+    /// Counts a guest's log line; `level` indexes [`GUEST_LOG_LEVELS`].
+    pub fn guest_log(&self, level: usize, admit: Admit) {
         if let Some(level) = self.guest_logs.get(level) {
-            level[usize::from(!logged)].get().inc();
+            let outcome = match admit {
+                Admit::Log => 0,
+                Admit::Drop => 1,
+            };
+            level[outcome].get().inc();
         }
     }
 

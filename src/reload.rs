@@ -140,7 +140,7 @@ impl Reloader {
             Ok(Err(error)) => Outcome::Failed(format!("{error:#}")),
             Err(panic) => Outcome::Failed(format!("building the new generation panicked: {panic}")),
         };
-        metrics.reloaded(matches!(outcome, Outcome::Applied { .. }));
+        metrics.reloaded(&outcome);
         let millis = started.elapsed().as_millis() as u64;
         match &outcome {
             Outcome::Applied { needs_restart, .. } if !needs_restart.is_empty() => {

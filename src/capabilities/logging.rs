@@ -212,7 +212,7 @@ impl RequestLog {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take(len);
-        self.0.metrics.guest_log(level, admit == Admit::Log);
+        self.0.metrics.guest_log(level, admit);
         admit
     }
 

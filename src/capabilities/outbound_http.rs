@@ -47,6 +47,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+/// Whether the allow-list let an outgoing request go (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundOutcome {
+    Allowed,
+    Denied,
+}
+
 /// How deep requests to `http://self` may nest.
 pub const MAX_SELF_DEPTH: u32 = 8;
 
@@ -447,11 +454,11 @@ impl WasiHttpHooks for OutboundPolicy {
                     uri = %request.uri(),
                     "outgoing request denied: no allowed_outbound_hosts entry matches"
                 );
-                self.metrics.outbound("denied");
+                self.metrics.outbound(OutboundOutcome::Denied);
                 return Box::new(async { Err(Error::HttpRequestDenied) });
             }
             Decision::SelfCall => {
-                self.metrics.outbound("allowed");
+                self.metrics.outbound(OutboundOutcome::Allowed);
                 return self.dispatch_to_self(request);
             }
             Decision::Network(grants) => grants,
@@ -510,7 +517,7 @@ struct Outgoing {
 impl Outgoing {
     fn refuse(&self, refusal: Refusal, uri: &http::Uri) -> Error {
         refusal.log(&self.route, &self.request_id, uri);
-        self.metrics.outbound("denied");
+        self.metrics.outbound(OutboundOutcome::Denied);
         Error::DestinationIpProhibited
     }
 
@@ -541,7 +548,7 @@ impl Outgoing {
             Ok(stream) => stream,
             Err(e) => {
                 // The policy let it go; the network did not.
-                self.metrics.outbound("allowed");
+                self.metrics.outbound(OutboundOutcome::Allowed);
                 return Err(e);
             }
         };
@@ -553,7 +560,7 @@ impl Outgoing {
                 .check(&self.grants, &[peer], same_host)
                 .map_err(|refusal| self.refuse(refusal, &uri))?;
         }
-        self.metrics.outbound("allowed");
+        self.metrics.outbound(OutboundOutcome::Allowed);
 
         let stream: Box<dyn Io> = if use_tls {
             let config = tls_config()?;

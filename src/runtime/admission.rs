@@ -5,11 +5,28 @@
 //! or waits too long, is rejected, and the caller answers 503 with `Retry-After`. The semaphore is
 //! fair, so waiters are served in arrival order and a new request cannot overtake them.
 
-use crate::metrics::RejectReason;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why admission control turned a request away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    QueueFull,
+    QueueTimeout,
+    PoolExhausted,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::QueueTimeout => "queue_timeout",
+            RejectReason::PoolExhausted => "pool_exhausted",
+        }
+    }
+}
 
 /// The admission state of one route.
 pub struct Admission {

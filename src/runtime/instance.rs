@@ -21,6 +21,7 @@
 //! ran out of time (504) and one whose body was cut off (the response is aborted).
 
 use super::admission::Admission;
+use super::admission::RejectReason;
 use super::engine::InstanceSlots;
 use super::response::{GuestBody, GuestEnd};
 use crate::body::{CutFlag, ResponseBody};
@@ -29,7 +30,7 @@ use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, RequestLog};
 use crate::capabilities::outbound_http::{Allowlist, OutboundPolicy, SelfHandle};
 use crate::capabilities::wasi::guest_context;
-use crate::metrics::{GaugeGuard, RejectReason, RouteMetrics, TrapKind};
+use crate::metrics::{GaugeGuard, RouteMetrics};
 use bytes::Bytes;
 use futures::future::Either;
 use http_body::Body;
@@ -158,6 +159,33 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     Ok(linker)
 }
 
+/// How a guest failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    Trap,
+    Timeout,
+    Memory,
+}
+
+impl TrapKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapKind::Trap => "trap",
+            TrapKind::Timeout => "timeout",
+            TrapKind::Memory => "memory",
+        }
+    }
+}
+
+/// Where in a request a guest's call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Creating the instance.
+    Instantiate,
+    /// Running its handler.
+    Handle,
+}
+
 /// Why a request to a component route got no response from the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -278,7 +306,7 @@ impl ComponentRoute {
                     .pre
                     .instantiate_async(&mut store)
                     .await
-                    .map_err(|e| (e, true))?;
+                    .map_err(|e| (e, Stage::Instantiate))?;
                 route
                     .metrics
                     .instantiation
@@ -288,13 +316,17 @@ impl ComponentRoute {
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
                     .await
-                    .map_err(|e| (e, false))
+                    .map_err(|e| (e, Stage::Handle))
             };
             let end = match tokio::time::timeout_at(deadline, run).await {
                 Ok(Ok(())) => GuestEnd::Returned,
-                Ok(Err((error, instantiating))) => {
-                    let memory = store.data().limiter.refused;
-                    route.guest_failed(&request_id, &error, instantiating, memory)
+                Ok(Err((error, stage))) => {
+                    let kind = if store.data().limiter.refused {
+                        TrapKind::Memory
+                    } else {
+                        TrapKind::Trap
+                    };
+                    route.guest_failed(&request_id, &error, stage, kind)
                 }
                 Err(_) => {
                     route.metrics.trap(TrapKind::Timeout);
@@ -407,11 +439,11 @@ impl ComponentRoute {
         &self,
         request_id: &str,
         error: &wasmtime::Error,
-        instantiating: bool,
-        memory: bool,
+        stage: Stage,
+        kind: TrapKind,
     ) -> GuestEnd {
         let route = &self.settings.name;
-        if instantiating
+        if stage == Stage::Instantiate
             && error
                 .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
                 .is_some()
@@ -419,16 +451,10 @@ impl ComponentRoute {
             tracing::warn!(route = %route, request_id, error = %error, "no free instance slot in the pool");
             return GuestEnd::PoolExhausted;
         }
-        let kind = if memory {
-            TrapKind::Memory
-        } else {
-            TrapKind::Trap
-        };
         self.metrics.trap(kind);
-        let what = if instantiating {
-            "component could not be instantiated"
-        } else {
-            "component trapped"
+        let what = match stage {
+            Stage::Instantiate => "component could not be instantiated",
+            Stage::Handle => "component trapped",
         };
         // The backtrace at most once a minute per route: a guest that traps on every request
         // must not fill the log with it.
@@ -442,10 +468,9 @@ impl ComponentRoute {
                 "{what} (backtrace omitted: logged once a minute per route)"
             ),
         }
-        if instantiating {
-            GuestEnd::InstantiationFailed
-        } else {
-            GuestEnd::Trapped
+        match stage {
+            Stage::Instantiate => GuestEnd::InstantiationFailed,
+            Stage::Handle => GuestEnd::Trapped,
         }
     }
 }
