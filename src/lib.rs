@@ -10,6 +10,7 @@ pub mod admin;
 pub mod body;
 pub mod capabilities;
 pub mod config;
+pub mod connection_info;
 pub mod gateway;
 pub mod generation;
 pub mod guards;

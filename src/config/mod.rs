@@ -9,7 +9,10 @@
 //! Relative paths in the file (components, the cache directory) are relative to the directory the
 //! config file is in, so a config works the same from any working directory.
 
+pub mod listener;
 pub mod units;
+
+pub use listener::{ListenerConfig, TlsConfig};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -39,6 +42,9 @@ pub struct Config {
     /// The routes, in any order: matching picks the most specific one.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// `[[listener]]` tables; none means one cleartext listener on `[server] listen`.
+    #[serde(default, rename = "listener")]
+    pub listener_tables: Vec<ListenerConfig>,
     /// Where the file was read from; relative paths are resolved against its directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -94,6 +100,11 @@ pub struct ServerConfig {
     pub outbound_deny_private: bool,
     /// Reload when the config file or a component file it names changes.
     pub watch: bool,
+    /// Peers (CIDR blocks, or single addresses) whose `forwarded`, `x-forwarded-*` and PROXY
+    /// protocol headers are believed; from anyone else they are replaced.
+    pub trusted_proxies: Vec<String>,
+    /// Keep a well-formed `x-request-id` from a trusted proxy instead of making a new one.
+    pub trust_request_id: bool,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +125,8 @@ impl Default for ServerConfig {
             shutdown_delay: Duration::ZERO,
             outbound_deny_private: true,
             watch: false,
+            trusted_proxies: Vec::new(),
+            trust_request_id: false,
         }
     }
 }
@@ -340,6 +353,8 @@ pub struct RouteConfig {
     /// Reachable only from components (`http://self/...`), never from outside (404).
     #[serde(default)]
     pub private: bool,
+    /// The listeners (by name) the route serves on; absent, all of them.
+    pub listeners: Option<Vec<String>>,
     /// Values the component reads through `wasi:config`; `${NAME}` is the gateway's env var.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -413,6 +428,21 @@ impl Config {
         config.base_dir = base_dir;
         config.check_values()?;
         Ok(config)
+    }
+
+    /// The listeners to serve on: the `[[listener]]` tables, or else one cleartext listener
+    /// named `default` on `[server] listen`.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        if !self.listener_tables.is_empty() {
+            return self.listener_tables.clone();
+        }
+        vec![ListenerConfig {
+            name: DEFAULT_LISTENER.to_string(),
+            address: self.server.listen,
+            proxy_protocol: false,
+            tls: None,
+            http_redirect: None,
+        }]
     }
 
     /// Resolves a path from the file against the config file's directory.
@@ -538,6 +568,7 @@ impl Config {
                 );
             }
         }
+        self.check_listeners()?;
         self.check_links()?;
         for (index, route) in self.routes.iter().enumerate() {
             let name = route.describe(index);
@@ -564,6 +595,99 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The name of the listener `[server] listen` makes when there are no `[[listener]]` tables.
+pub const DEFAULT_LISTENER: &str = "default";
+
+impl Config {
+    /// Listener names are unique, addresses distinct, `http_redirect` only on cleartext
+    /// listeners and well-formed, and routes name listeners that exist.
+    fn check_listeners(&self) -> anyhow::Result<()> {
+        let listeners = self.listeners();
+        for (index, listener) in listeners.iter().enumerate() {
+            let name = &listener.name;
+            if name.is_empty() {
+                bail!("[[listener]] {}: `name` must not be empty", index + 1);
+            }
+            if listeners[..index].iter().any(|l| &l.name == name) {
+                bail!("[[listener]] `{name}`: two listeners have this name");
+            }
+            if listeners[..index]
+                .iter()
+                .any(|l| l.address == listener.address)
+            {
+                bail!(
+                    "[[listener]] `{name}`: address {} is already another listener's",
+                    listener.address
+                );
+            }
+            if let Some(redirect) = &listener.http_redirect {
+                if listener.tls.is_some() {
+                    bail!("[[listener]] `{name}`: http_redirect is for cleartext listeners");
+                }
+                redirect_target(redirect)
+                    .with_context(|| format!("[[listener]] `{name}`: http_redirect"))?;
+            }
+        }
+        for (index, route) in self.routes.iter().enumerate() {
+            for wanted in route.listeners.iter().flatten() {
+                if !listeners.iter().any(|l| &l.name == wanted) {
+                    let known: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+                    bail!(
+                        "{}: listener `{wanted}` is not defined (defined: {})",
+                        route.describe(index),
+                        known.join(", ")
+                    );
+                }
+            }
+        }
+        for proxy in &self.server.trusted_proxies {
+            parse_cidr(proxy)
+                .with_context(|| format!("[server] trusted_proxies entry `{proxy}`"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://[host]:port` of an `http_redirect`: the scheme, and the port (`None`: the
+/// scheme's default). The host part, if any, is ignored: the client's host is kept.
+pub fn redirect_target(text: &str) -> anyhow::Result<(String, Option<u16>)> {
+    let (scheme, rest) = text
+        .split_once("://")
+        .context("must look like \"https://:8443\" (a scheme and an optional port)")?;
+    if scheme != "https" && scheme != "http" {
+        bail!("the scheme must be http or https");
+    }
+    let rest = rest.trim_end_matches('/');
+    let port = match rest.rsplit_once(':') {
+        Some((_, port)) => Some(port.parse::<u16>().context("the port must be a number")?),
+        None => None,
+    };
+    Ok((scheme.to_string(), port))
+}
+
+/// A CIDR block (`10.0.0.0/8`, `fd00::/8`) or a single address, as (network, prefix length).
+pub fn parse_cidr(text: &str) -> anyhow::Result<(std::net::IpAddr, u8)> {
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let address: std::net::IpAddr = address
+        .trim()
+        .parse()
+        .context("not an IP address or CIDR block")?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(prefix) => prefix
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .with_context(|| format!("the prefix length must be 0 to {max}"))?,
+        None => max,
+    };
+    Ok((address, prefix))
 }
 
 /// A `[component.NAME]` name: lowercase letters, digits and `-` or `_`.
@@ -766,6 +890,32 @@ mod tests {
             "{text}"
         );
         assert!(refusal("[server]\nsend_timeout = \"0s\"\n").contains("send_timeout"));
+    }
+
+    #[test]
+    fn listeners_default_to_server_listen_and_are_checked() {
+        let config = parse("[server]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let listeners = config.listeners();
+        assert_eq!(listeners.len(), 1);
+        assert_eq!(listeners[0].name, "default");
+        let two = "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n";
+        assert!(refusal(two).contains("two listeners have this name"));
+        let route = "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[route]]\npath = \"/\"\ncomponent = \"x.wasm\"\nlisteners = [\"b\"]\n";
+        assert!(refusal(route).contains("listener `b` is not defined (defined: a)"));
+        let redirect =
+            "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nhttp_redirect = \"ftp://x\"\n";
+        assert!(refusal(redirect).contains("http_redirect"));
+        assert_eq!(
+            redirect_target("https://:8443").unwrap(),
+            ("https".into(), Some(8443))
+        );
+        assert!(
+            refusal("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").contains("prefix length")
+        );
+        assert_eq!(
+            parse_cidr("fd00::/8").unwrap(),
+            ("fd00::".parse().unwrap(), 8)
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@
 pub mod connection;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, DEFAULT_LISTENER, ServerConfig};
+use crate::connection_info::ConnectionInfo;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::reload::{self, Reloader, Trigger};
@@ -172,6 +173,7 @@ async fn serve_connections(
         between_requests: limits.idle_timeout,
     };
     let send_timeout = limits.send_timeout;
+    let listener_name: Arc<str> = DEFAULT_LISTENER.into();
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -201,10 +203,12 @@ async fn serve_connections(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::default());
+        let info = Arc::new(ConnectionInfo::plain(listener_name.clone(), peer));
         let service = {
             let gateway = gateway.clone();
             let activity = activity.clone();
-            service_fn(move |request| {
+            service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(info.clone());
                 let gateway = gateway.clone();
                 let in_flight = activity.start();
                 async move {
