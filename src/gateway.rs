@@ -11,9 +11,11 @@
 //! requests to `http://self` take the same path in process ([`SelfDispatch`]), and only they may
 //! reach routes marked `private`.
 
+use crate::access_log::{self, LoggedBody};
 use crate::body::{BodyCut, CutFlag, LimitedBody, ResponseBody, full};
 use crate::capabilities::outbound_http::{SelfDispatch, SelfHandle};
 use crate::config::Config;
+use crate::connection_info::ConnectionInfo;
 use crate::generation::{Generation, Route, Target};
 use crate::guards;
 use crate::metrics::{GaugeGuard, UNMATCHED_ROUTE};
@@ -23,8 +25,10 @@ use crate::runtime::loader::{self, Process};
 use arc_swap::ArcSwap;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 /// Headers the gateway sets for components; a client's own copies are removed.
 const GATEWAY_HEADER_PREFIX: &str = "x-wasmgate-";
@@ -88,36 +92,85 @@ impl Gateway {
     }
 
     /// Serves a request `depth` self-calls deep (0: from a client, which cannot reach private
-    /// routes). The stages: guards (431, 400) ─► route (404, 405) ─► body size (413) ─► target
-    /// (503, 504, 500, 408) ─► observe (metrics, access log, request id).
+    /// routes). The stages: guards (431, 400) ─► identity (forwarded headers, request id,
+    /// traceparent) ─► route (404, 405) ─► body size (413) ─► target (503, 504, 500, 408) ─►
+    /// observe (metrics, the access log, the request id on the response).
     async fn dispatch_at<B>(&self, mut request: Request<B>, depth: u32) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let started = Instant::now();
         let generation = self.generation.load_full();
         let limits = generation.limits;
-        let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
-        let method = request.method().clone();
-        let http1 = request.version() < http::Version::HTTP_2;
+        let connection = request.extensions().get::<Arc<ConnectionInfo>>().cloned();
+        let mut seen = Seen {
+            started: Instant::now(),
+            request_id: Arc::from(""),
+            method: request.method().clone(),
+            version: request.version(),
+            path: request.uri().path().to_string(),
+            host: None,
+            client: None,
+            connection: connection.clone(),
+            request_body_size: None,
+            user_agent: None,
+        };
+        if generation.access_log {
+            seen.request_body_size = content_length(request.headers());
+            seen.user_agent = request
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
 
         // Guards.
         let host = match guards::check(request.uri(), request.headers(), limits.max_header_bytes) {
             Ok(host) => host,
             Err(rejection) => {
-                let page = error_page(rejection.status(), &request_id, &rejection.to_string());
-                return self.finish(UNMATCHED_ROUTE, &method, started, &request_id, page);
+                seen.request_id = new_request_id();
+                let page = error_page(rejection.status(), &seen.request_id, &rejection.to_string());
+                return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
             }
         };
+        seen.host = host.clone();
 
-        // Route. A private route is as absent as no route to a client: 404, never 405.
-        let path = request.uri().path().to_string();
-        let visible = |route: &Arc<Route>| depth > 0 || !route.private;
+        // Identity: only the gateway sets `x-wasmgate-*`; then the client's identity headers.
+        let headers = request.headers_mut();
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(GATEWAY_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
+        match connection.as_deref() {
+            Some(connection) if depth == 0 => {
+                let client = generation
+                    .client
+                    .apply(headers, connection, host.as_deref());
+                seen.request_id = client.request_id.into();
+                seen.client = Some(client.address);
+            }
+            // A component's request to `http://self`: its headers are the component's own.
+            _ => {
+                seen.request_id = new_request_id();
+                headers.insert(REQUEST_ID_HEADER, header_value(&seen.request_id));
+            }
+        }
+        let request_id = seen.request_id.clone();
+
+        // Route. A private route is as absent as no route to a client (404, never 405), and so
+        // is a route that does not serve the request's listener.
+        let listener = connection.as_ref().map(|c| c.listener.clone());
+        let visible =
+            |route: &Arc<Route>| depth > 0 || (!route.private && route.serves(listener.as_deref()));
+        let path = seen.path.clone();
         let (route, extra_headers) =
             match generation
                 .routes
-                .lookup(host.as_deref(), &method, &path, visible)
+                .lookup(host.as_deref(), &seen.method, &path, visible)
             {
                 Lookup::Found(found) => {
                     let mut extra = Vec::with_capacity(found.params.len() + 2);
@@ -144,7 +197,7 @@ impl Gateway {
                         .collect::<Vec<_>>()
                         .join(", ");
                     response.headers_mut().insert(ALLOW, header_value(&allow));
-                    return self.finish(UNMATCHED_ROUTE, &method, started, &request_id, response);
+                    return self.finish(&generation, &seen, UNMATCHED_ROUTE, response);
                 }
                 Lookup::NotFound => {
                     let page = error_page(
@@ -152,7 +205,7 @@ impl Gateway {
                         &request_id,
                         "no route matches this request",
                     );
-                    return self.finish(UNMATCHED_ROUTE, &method, started, &request_id, page);
+                    return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
                 }
             };
         let metrics = route.metrics.clone();
@@ -160,33 +213,23 @@ impl Gateway {
         let active = GaugeGuard::inc(&metrics.active_requests);
 
         // Body size, by its declared length.
-        let declared_length = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared_length.is_some_and(|len| len > limits.max_request_body) {
+        let http1 = seen.version < http::Version::HTTP_2;
+        if content_length(request.headers()).is_some_and(|len| len > limits.max_request_body) {
             drop(active);
             tokio::spawn(drain(request.into_body()));
             let page = cut_page(BodyCut::TooLarge, &request_id, http1);
-            return self.finish(&metrics.route, &method, started, &request_id, page);
+            return self.finish(&generation, &seen, &metrics.route, page);
         }
 
         // Target.
         let headers = request.headers_mut();
-        let spoofed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(GATEWAY_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            headers.remove(name);
-        }
         for (name, value) in extra_headers {
             headers.insert(name, value);
         }
-        headers.insert(REQUEST_ID_HEADER, header_value(&request_id));
-
+        let scheme = match connection.as_deref().map(|c| c.scheme) {
+            Some(crate::connection_info::Scheme::Https) => Scheme::Https,
+            _ => Scheme::Http,
+        };
         let cut = CutFlag::default();
         let request = request.map(|body| {
             LimitedBody::new(
@@ -199,7 +242,7 @@ impl Gateway {
         let result = match &route.target {
             Target::Component(component) => {
                 component
-                    .handle(request, &request_id, cut.clone(), depth)
+                    .handle(request, scheme, &request_id, cut.clone(), depth)
                     .await
             }
         };
@@ -211,31 +254,77 @@ impl Gateway {
             (None, Ok(response)) => response,
             (None, Err(failure)) => failure_page(failure, &request_id),
         };
-        let status = response.status().as_u16();
-        metrics.observe_request(&method, status, started.elapsed().as_secs_f64());
-        log_access(&metrics.route, &method, &path, status, started, &request_id);
-        with_request_id(response, &request_id)
+        self.finish(&generation, &seen, &metrics.route, response)
     }
 
-    /// Records and logs a response the gateway made itself, and adds the request id.
+    /// The observe stage: records the response in the metrics, adds the request id, and (when
+    /// the access log is on) wraps the body so the log line is written once it is sent.
     fn finish(
         &self,
+        generation: &Generation,
+        seen: &Seen,
         route: &str,
-        method: &http::Method,
-        started: Instant,
-        request_id: &str,
-        response: Response<ResponseBody>,
+        mut response: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
         let status = response.status().as_u16();
         self.process.metrics().observe_request(
             route,
-            method,
+            &seen.method,
             status,
-            started.elapsed().as_secs_f64(),
+            seen.started.elapsed().as_secs_f64(),
         );
-        log_access(route, method, "", status, started, request_id);
-        with_request_id(response, request_id)
+        response
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, header_value(&seen.request_id));
+        if !generation.access_log {
+            return response;
+        }
+        let entry = access_log::Entry {
+            started: seen.started,
+            request_id: seen.request_id.clone(),
+            client: seen.client,
+            listener: seen.connection.as_ref().map(|c| c.listener.clone()),
+            tls_version: seen
+                .connection
+                .as_ref()
+                .and_then(|c| c.tls.as_ref())
+                .map(|tls| tls.version),
+            protocol: seen.version,
+            method: seen.method.clone(),
+            host: seen.host.clone(),
+            path: seen.path.clone(),
+            route: route.into(),
+            status,
+            request_body_size: seen.request_body_size,
+            user_agent: seen.user_agent.clone(),
+        };
+        response.map(|body| LoggedBody::new(body, entry).boxed_unsync())
     }
+}
+
+/// What the request stages learned about a request, for the observe stage.
+struct Seen {
+    started: Instant,
+    request_id: Arc<str>,
+    method: http::Method,
+    version: http::Version,
+    path: String,
+    host: Option<String>,
+    client: Option<std::net::IpAddr>,
+    connection: Option<Arc<ConnectionInfo>>,
+    request_body_size: Option<u64>,
+    user_agent: Option<String>,
+}
+
+fn new_request_id() -> Arc<str> {
+    uuid::Uuid::new_v4().simple().to_string().into()
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Bytes and time a refused request body may take to be read and discarded.
@@ -336,36 +425,8 @@ fn error_page(status: StatusCode, request_id: &str, what: &str) -> Response<Resp
     response
 }
 
-fn with_request_id(
-    mut response: Response<ResponseBody>,
-    request_id: &str,
-) -> Response<ResponseBody> {
-    response
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER, header_value(request_id));
-    response
-}
-
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// One access-log line per request, at debug level under the `wasmgate::access` target: enable it
-/// with `RUST_LOG=info,wasmgate::access=debug`.
-fn log_access(
-    route: &str,
-    method: &http::Method,
-    path: &str,
-    status: u16,
-    started: Instant,
-    request_id: &str,
-) {
-    tracing::debug!(
-        target: "wasmgate::access",
-        route, method = %method, path, status,
-        micros = started.elapsed().as_micros() as u64,
-        request_id,
-    );
 }
 
 impl SelfDispatch for Gateway {

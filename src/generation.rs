@@ -6,6 +6,7 @@
 //! generation can replace the old one without touching requests in flight. What outlives
 //! generations (the engine, stores, metrics) is in `runtime::loader::Process`.
 
+use crate::client_identity::ClientPolicy;
 use crate::metrics::RouteMetrics;
 use crate::router::RouteTable;
 use crate::runtime::component::Origin;
@@ -20,6 +21,10 @@ pub struct Generation {
     /// What each component was loaded from, for `check` and tests.
     pub components: Vec<(PathBuf, Origin)>,
     pub limits: RequestLimits,
+    /// How the client's identity headers are set (`[server] trusted_proxies`, ...).
+    pub client: ClientPolicy,
+    /// Whether every request gets an access-log line (`[logging] access_log`).
+    pub access_log: bool,
 }
 
 /// The `[server]` limits every request of a generation is held to, whatever its route.
@@ -37,7 +42,20 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Reachable only through `http://self`.
     pub private: bool,
+    /// The listeners the route serves on; `None`: all.
+    pub listeners: Option<Vec<Arc<str>>>,
     pub target: Target,
+}
+
+impl Route {
+    /// Whether the route serves requests that came on `listener` (`None`: not from a listener,
+    /// such as the in-process benchmark).
+    pub fn serves(&self, listener: Option<&str>) -> bool {
+        match (&self.listeners, listener) {
+            (Some(listeners), Some(listener)) => listeners.iter().any(|l| &**l == listener),
+            _ => true,
+        }
+    }
 }
 
 /// What serves a route's requests.
@@ -57,6 +75,8 @@ impl Generation {
                 body_read_timeout: Duration::from_secs(1),
                 max_header_bytes: 64 << 10,
             },
+            client: ClientPolicy::default(),
+            access_log: false,
         }
     }
 

@@ -6,9 +6,11 @@
 //! reaches the outside world only through [`capabilities`]. [`admin`] and [`metrics`] are the
 //! operator's view.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod capabilities;
+pub mod client_identity;
 pub mod config;
 pub mod connection_info;
 pub mod gateway;

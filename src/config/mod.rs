@@ -165,6 +165,9 @@ pub struct LoggingConfig {
     pub level: String,
     /// Messages one request's component may log through `wasi:logging`; more are dropped.
     pub max_guest_messages: u32,
+    /// One line per request at info level (target `wasmgate::access`), with OpenTelemetry's
+    /// HTTP field names.
+    pub access_log: bool,
     /// Bytes (context and message) one request's component may log; more are dropped.
     #[serde(deserialize_with = "units::size")]
     pub max_guest_bytes: u64,
@@ -178,6 +181,7 @@ impl Default for LoggingConfig {
             format: LogFormat::Text,
             level: "info".into(),
             max_guest_messages: 100,
+            access_log: true,
             max_guest_bytes: 64 << 10,
             buffer_lines: 16_384,
         }

@@ -260,6 +260,7 @@ impl ComponentRoute {
     pub async fn handle<B>(
         self: &Arc<Self>,
         request: http::Request<B>,
+        scheme: Scheme,
         request_id: &Arc<str>,
         request_cut: CutFlag,
         depth: u32,
@@ -284,7 +285,7 @@ impl ComponentRoute {
         let (incoming, outparam) = {
             let mut http = store.data_mut().http();
             let incoming = http
-                .new_incoming_request(Scheme::Http, request)
+                .new_incoming_request(scheme, request)
                 .map_err(|e| Failure::BadRequest(format!("{e:#}")))?;
             let outparam = http.new_response_outparam(response_tx).map_err(|e| {
                 tracing::error!(request_id = %request_id, error = %e, "cannot create the response resource");

@@ -11,6 +11,7 @@ use crate::capabilities::config_store;
 use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::logging::LogBudget;
 use crate::capabilities::outbound_http::{Allowlist, OutboundRule, PrivateAddresses, SelfHandle};
+use crate::client_identity::ClientPolicy;
 use crate::config::{Config, RouteConfig};
 use crate::generation::{Generation, RequestLimits, Route, Target};
 use crate::metrics::Metrics;
@@ -186,6 +187,10 @@ fn load_routes(
             target: Arc::new(Route {
                 metrics,
                 private: route.private,
+                listeners: route
+                    .listeners
+                    .as_ref()
+                    .map(|names| names.iter().map(|n| Arc::from(n.as_str())).collect()),
                 target: Target::Component(Arc::new(component)),
             }),
         });
@@ -200,6 +205,11 @@ fn load_routes(
             body_read_timeout: config.server.body_read_timeout,
             max_header_bytes: config.server.max_header_bytes,
         },
+        client: ClientPolicy::new(
+            &config.server.trusted_proxies,
+            config.server.trust_request_id,
+        )?,
+        access_log: config.logging.access_log,
     })
 }
 
