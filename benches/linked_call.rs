@@ -12,10 +12,10 @@ use http_body_util::{BodyExt, Empty};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmgate::capabilities::outbound_http::SelfDispatch;
 use wasmgate::config::Config;
 use wasmgate::gateway::Gateway;
 use wasmgate::metrics::Metrics;
+use wasmgate::runtime::loader::Process;
 
 const WARMUP: usize = 2_000;
 const ITERATIONS: usize = 20_000;
@@ -50,8 +50,8 @@ links = {{ "local:greeter-demo/greet" = "greeter" }}
         greet_http = release.join("greet_http.wasm").display().to_string(),
     );
     let config = Config::parse(&config, root.to_path_buf())?;
-    let gateway = Arc::new(Gateway::build(&config, Metrics::new())?);
-    gateway.attach_self();
+    let gateway = Gateway::new(Process::start(&config, Metrics::new())?);
+    gateway.load(&config)?;
 
     let names: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
     let counter = format!("/greet/counter?names={}", names.join(","));
@@ -109,12 +109,17 @@ links = {{ "local:greeter-demo/greet" = "greeter" }}
 async fn measure(gateway: &Arc<Gateway>, path: &str) -> anyhow::Result<(Duration, Duration)> {
     let mut times = Vec::with_capacity(ITERATIONS);
     for i in 0..WARMUP + ITERATIONS {
-        let request = http::Request::get(format!("http://self{path}"))
-            .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync())?;
+        let body = Empty::<Bytes>::new().map_err(|e| -> wasmtime_wasi_http::Error { match e {} });
+        let request = http::Request::get(format!("http://localhost{path}")).body(body)?;
         let started = Instant::now();
-        let response = gateway.dispatch(request, 1).await;
+        let response = gateway.handle(request).await;
         let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{path}: the body failed: {e}"))?
+            .to_bytes();
         let elapsed = started.elapsed();
         anyhow::ensure!(
             status.is_success(),

@@ -1,8 +1,9 @@
 //! The HTTP bodies that cross the gateway.
 //!
 //! * [`ResponseBody`]: what every response carries, whether a guest or the gateway wrote it.
-//! * [`LimitedBody`]: a request body that fails once it passes `max_request_body`, and records
-//!   that it did so the caller can answer 413 instead of whatever the guest made of the error.
+//! * [`LimitedBody`]: a request body that fails once it passes `max_request_body` or takes
+//!   longer than `body_read_timeout` to arrive, and records why in a [`CutFlag`], so the caller
+//!   can answer 413 or 408 instead of whatever the guest made of the error.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -10,8 +11,10 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
 
 /// Any error a body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,22 +29,62 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed_unsync()
 }
 
-/// A request body with a size limit.
+/// Why the gateway cut a request body off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCut {
+    /// More than `max_request_body` bytes: 413.
+    TooLarge,
+    /// Not complete within `body_read_timeout`: 408.
+    TooSlow,
+}
+
+/// Whether (and why) a request's body was cut off; shared by the body and the request path.
+#[derive(Debug, Clone, Default)]
+pub struct CutFlag(Arc<AtomicU8>);
+
+impl CutFlag {
+    fn set(&self, cut: BodyCut) {
+        let value = match cut {
+            BodyCut::TooLarge => 1,
+            BodyCut::TooSlow => 2,
+        };
+        let _ = self
+            .0
+            .compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The first reason the body was cut off, if it was.
+    pub fn get(&self) -> Option<BodyCut> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(BodyCut::TooLarge),
+            2 => Some(BodyCut::TooSlow),
+            _ => None,
+        }
+    }
+}
+
+/// A request body with a size limit and a time limit.
 pub struct LimitedBody<B> {
     inner: B,
     remaining: u64,
     limit: u64,
-    exceeded: Arc<AtomicBool>,
+    read_timeout: Duration,
+    /// Started when the body first makes the reader wait.
+    deadline: Option<Pin<Box<Sleep>>>,
+    cut: CutFlag,
 }
 
 impl<B> LimitedBody<B> {
-    /// Wraps `inner`; `exceeded` is set if more than `limit` bytes arrive.
-    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> LimitedBody<B> {
+    /// Wraps `inner`: more than `limit` bytes, or a body still incomplete `read_timeout` after
+    /// it first kept its reader waiting, fail the read and set `cut`.
+    pub fn new(inner: B, limit: u64, read_timeout: Duration, cut: CutFlag) -> LimitedBody<B> {
         LimitedBody {
             inner,
             remaining: limit,
             limit,
-            exceeded,
+            read_timeout,
+            deadline: None,
+            cut,
         }
     }
 }
@@ -64,7 +107,7 @@ where
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.exceeded.store(true, Ordering::Release);
+                        this.cut.set(BodyCut::TooLarge);
                         return Poll::Ready(Some(Err(
                             wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.limit)),
                         )));
@@ -75,7 +118,19 @@ where
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let read_timeout = this.read_timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(read_timeout)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    this.cut.set(BodyCut::TooSlow);
+                    return Poll::Ready(Some(Err(
+                        wasmtime_wasi_http::Error::ConnectionReadTimeout,
+                    )));
+                }
+                Poll::Pending
+            }
         }
     }
 

@@ -11,6 +11,8 @@ pub mod body;
 pub mod capabilities;
 pub mod config;
 pub mod gateway;
+pub mod generation;
+pub mod guards;
 pub mod metrics;
 pub mod router;
 pub mod runtime;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use wasmgate::config::Config;
 use wasmgate::gateway::Gateway;
 use wasmgate::metrics::Metrics;
+use wasmgate::runtime::loader::Process;
 
 /// An edge HTTP gateway that serves WebAssembly components (wasi:http, WASI 0.2).
 #[derive(Parser)]
@@ -63,7 +64,8 @@ fn main() -> ExitCode {
 
 fn serve(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    init_logging(&config, format);
+    // Held until `serve` returns: dropping it writes out the lines still queued.
+    let _log_writer = init_logging(&config, format, Output::NonBlocking);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,15 +75,16 @@ fn serve(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
 
 fn check(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    init_logging(&config, format);
-    let gateway = Gateway::build(&config, Metrics::new())?;
+    let _log_writer = init_logging(&config, format, Output::Blocking);
+    let gateway = Gateway::new(Process::start(&config, Metrics::new())?);
+    let generation = gateway.load(&config)?;
     println!(
         "{}: OK, {} routes, {} components",
         path.display(),
         config.routes.len(),
-        gateway.components.len()
+        generation.components.len()
     );
-    for line in gateway.route_lines() {
+    for line in generation.route_lines() {
         println!("  {line}");
     }
     Ok(())
@@ -109,9 +112,42 @@ fn quiet_compiler(directives: &str) -> String {
     filter
 }
 
+/// The crates whose generated `wasi` bindings log every host call of every guest, with its
+/// arguments (a guest's writes included), at trace level: 6 lines per `println!`, outside the
+/// guest's log budget.
+const BINDING_TARGETS: [&str; 2] = ["wasmtime_wasi", "wasmtime_wasi_http"];
+
+/// `directives` with the binding crates held at `debug`, unless `directives` names one of them.
+fn quiet_bindings(directives: &str) -> String {
+    if BINDING_TARGETS.iter().any(|t| directives.contains(t)) {
+        return directives.to_string();
+    }
+    let mut filter = directives.to_string();
+    for target in BINDING_TARGETS {
+        filter.push_str(&format!(",{target}=debug"));
+    }
+    filter
+}
+
+/// How log lines reach stdout.
+#[derive(Clone, Copy)]
+enum Output {
+    /// Written by the thread that logs: for `check`, which prints its own lines in between.
+    Blocking,
+    /// Queued for a writer thread of their own (bounded by `[logging] buffer_lines`, dropped
+    /// and counted when full), so a slow stdout never holds a worker thread.
+    NonBlocking,
+}
+
 /// Logs to stdout, in the format the CLI or `[logging]` asks for, filtered by `RUST_LOG` or else
-/// `[logging] level`.
-fn init_logging(config: &Config, format: Option<LogFormat>) {
+/// `[logging] level`. The text format escapes control characters in field values, so that a
+/// guest's text cannot forge log lines. Returns the writer thread's guard, if there is one.
+fn init_logging(
+    config: &Config,
+    format: Option<LogFormat>,
+    output: Output,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use wasmgate::capabilities::logging::{EscapedFields, non_blocking_stdout};
     let format = format.unwrap_or(match config.logging.format {
         wasmgate::config::LogFormat::Text => LogFormat::Text,
         wasmgate::config::LogFormat::Json => LogFormat::Json,
@@ -120,20 +156,48 @@ fn init_logging(config: &Config, format: Option<LogFormat>) {
         .ok()
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| config.logging.level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(quiet_compiler(&directives))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(quiet_bindings(&quiet_compiler(&directives)))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let (writer, guard) = match output {
+        Output::Blocking => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+            None,
+        ),
+        Output::NonBlocking => {
+            let (writer, guard) = non_blocking_stdout(config.logging.buffer_lines);
+            (
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
+                Some(guard),
+            )
+        }
+    };
+    let builder = builder.with_writer(writer);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(EscapedFields).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 #[cfg(test)]
 mod tests {
-    use super::quiet_compiler;
+    use super::{quiet_bindings, quiet_compiler};
+
+    #[test]
+    fn host_call_traces_stay_quiet_unless_named() {
+        let filter = quiet_bindings("trace");
+        assert!(
+            filter.contains("wasmtime_wasi=debug") && filter.contains("wasmtime_wasi_http=debug")
+        );
+        assert_eq!(
+            quiet_bindings("info,wasmtime_wasi_http=trace"),
+            "info,wasmtime_wasi_http=trace"
+        );
+    }
 
     #[test]
     fn compiler_crates_stay_quiet_unless_named() {

@@ -43,6 +43,11 @@ pub struct Metrics {
     keyvalue_operations: IntCounterVec,
     keyvalue_duration: HistogramVec,
     guest_log_messages: IntCounterVec,
+    config_reloads: IntCounterVec,
+    /// The live generation's number: 1 for the config loaded at start, +1 per applied reload.
+    pub config_generation: IntGauge,
+    /// When the last reload (or the first load) was applied, in seconds since the epoch.
+    pub config_last_success: prometheus::Gauge,
 }
 
 /// Why admission control turned a request away.
@@ -162,8 +167,29 @@ impl Metrics {
             ),
             guest_log_messages: counter(
                 "wasmgate_guest_log_messages_total",
-                "Messages components logged through wasi:logging, by level and outcome (logged, dropped).",
+                "Lines components logged through wasi:logging, stdout (level info) and stderr (level warn), by level and outcome (logged, dropped).",
                 &["route", "level", "outcome"],
+            ),
+            config_reloads: counter(
+                "wasmgate_config_reloads_total",
+                "Config reloads by outcome (success, failure).",
+                &["outcome"],
+            ),
+            config_generation: registered(
+                &registry,
+                IntGauge::new(
+                    "wasmgate_config_generation",
+                    "The live config generation: 1 at start, one more per applied reload.",
+                )
+                .expect("static metric definition"),
+            ),
+            config_last_success: registered(
+                &registry,
+                prometheus::Gauge::new(
+                    "wasmgate_config_last_reload_success_timestamp_seconds",
+                    "When the live config was applied, in seconds since the Unix epoch.",
+                )
+                .expect("static metric definition"),
             ),
             registry: registry.clone(),
         };
@@ -175,7 +201,18 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        registry
+            .register(Box::new(
+                crate::capabilities::logging::DroppedLogLines::new(),
+            ))
+            .expect("metric names are unique");
         Arc::new(metrics)
+    }
+
+    /// Counts a reload that was applied (`true`) or refused.
+    pub fn reloaded(&self, applied: bool) {
+        let outcome = if applied { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[outcome]).inc();
     }
 
     /// Handles for one route's metrics.
@@ -289,6 +326,33 @@ impl<M> Lazy<M> {
 
     pub fn get(&self) -> &M {
         self.series.get_or_init(|| (self.resolve)())
+    }
+}
+
+/// Registers a metric that has no labels and returns it.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+/// Increments a gauge now and decrements it when dropped, however the holder ends.
+pub struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn inc(gauge: &'a prometheus::IntGauge) -> GaugeGuard<'a> {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

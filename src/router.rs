@@ -332,21 +332,33 @@ impl<T> RouteTable<T> {
         })
     }
 
+    /// A table with no routes.
+    pub fn empty() -> RouteTable<T> {
+        RouteTable {
+            routes: Vec::new(),
+            exact: HashMap::new(),
+            suffixes: Vec::new(),
+            any_host: Vec::new(),
+        }
+    }
+
     /// Every route's target with its template, in config order.
     pub fn targets(&self) -> impl Iterator<Item = (&str, &T)> {
         self.routes.iter().map(|r| (r.template.as_str(), &r.target))
     }
 
-    /// Finds the route for a request. `host` may carry a port; case is ignored.
+    /// Finds the route for a request. `host` is normalised as `guards::request_host` does it
+    /// (lower case, no port). Routes for which `visible` is false are as absent as no route: they
+    /// neither match nor show in a 405's `Allow` (private routes, to a client).
     pub fn lookup<'a>(
         &'a self,
         host: Option<&str>,
         method: &Method,
         path: &'a str,
+        visible: impl Fn(&T) -> bool,
     ) -> Lookup<'a, T> {
-        let host = host.map(normalize_host);
         let mut candidates: Vec<&[usize]> = Vec::with_capacity(3);
-        if let Some(host) = host.as_deref() {
+        if let Some(host) = host {
             if let Some(indexes) = self.exact.get(host) {
                 candidates.push(indexes);
             }
@@ -363,6 +375,9 @@ impl<T> RouteTable<T> {
         let mut path_matched = false;
         for &index in candidates.iter().flat_map(|c| c.iter()) {
             let route = &self.routes[index];
+            if !visible(&route.target) {
+                continue;
+            }
             let Some((params, path_info)) = route.path.matches(path) else {
                 continue;
             };
@@ -409,19 +424,6 @@ fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
     }
 }
 
-/// Lower-cases a host and strips a port (`Example.com:8080` ─► `example.com`).
-fn normalize_host(host: &str) -> String {
-    let without_port = if host.starts_with('[') {
-        host.split(']')
-            .next()
-            .map(|h| &host[..h.len() + 1])
-            .unwrap_or(host)
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    without_port.to_ascii_lowercase()
-}
-
 impl fmt::Debug for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -455,11 +457,53 @@ mod tests {
     }
 
     fn found(table: &RouteTable<String>, host: Option<&str>, method: Method, path: &str) -> String {
-        match table.lookup(host, &method, path) {
+        let host = host.map(|h| crate::guards::normalize_authority(h).unwrap());
+        match table.lookup(host.as_deref(), &method, path, |_| true) {
             Lookup::Found(m) => m.target.clone(),
             Lookup::MethodNotAllowed { allow } => format!("405 {allow:?}"),
             Lookup::NotFound => "404".to_string(),
         }
+    }
+
+    impl RouteTable<String> {
+        fn lookup_all<'a>(
+            &'a self,
+            host: Option<&str>,
+            m: &Method,
+            p: &'a str,
+        ) -> Lookup<'a, String> {
+            self.lookup(host, m, p, |_| true)
+        }
+    }
+
+    #[test]
+    fn hidden_routes_neither_match_nor_show_in_allow() {
+        let t = table(vec![
+            spec(None, "/p", Some(&["GET"]), "private"),
+            spec(None, "/q/...", None, "public"),
+            spec(None, "/q/x", Some(&["PUT"]), "private"),
+        ]);
+        let public = |target: &String| target != "private";
+        assert!(matches!(
+            t.lookup(None, &Method::POST, "/p", public),
+            Lookup::NotFound
+        ));
+        assert!(matches!(
+            t.lookup(None, &Method::GET, "/p", public),
+            Lookup::NotFound
+        ));
+        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/q/x", public) else {
+            panic!("the public wildcard must serve /q/x when the private route is hidden");
+        };
+        assert_eq!(m.target, "public");
+        assert_eq!(found(&t, None, Method::POST, "/p"), "405 [GET]");
+    }
+
+    #[test]
+    fn wildcard_hosts_match_whole_labels_only() {
+        let t = table(vec![spec(Some("*.example.com"), "/", None, "wild")]);
+        assert_eq!(found(&t, Some("a.example.com"), Method::GET, "/"), "wild");
+        assert_eq!(found(&t, Some("aexample.com"), Method::GET, "/"), "404");
     }
 
     #[test]
@@ -483,19 +527,19 @@ mod tests {
             spec(None, "/static/...", None, "s"),
             spec(None, "/...", None, "all"),
         ]);
-        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/static/css/site.css") else {
+        let Lookup::Found(m) = t.lookup_all(None, &Method::GET, "/static/css/site.css") else {
             panic!("no match");
         };
         assert_eq!((m.target.as_str(), m.path_info), ("s", "/css/site.css"));
-        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/static") else {
+        let Lookup::Found(m) = t.lookup_all(None, &Method::GET, "/static") else {
             panic!()
         };
         assert_eq!((m.target.as_str(), m.path_info), ("s", ""));
-        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/staticky") else {
+        let Lookup::Found(m) = t.lookup_all(None, &Method::GET, "/staticky") else {
             panic!()
         };
         assert_eq!((m.target.as_str(), m.path_info), ("all", "/staticky"));
-        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/") else {
+        let Lookup::Found(m) = t.lookup_all(None, &Method::GET, "/") else {
             panic!()
         };
         assert_eq!((m.target.as_str(), m.path_info), ("all", "/"));
@@ -504,7 +548,7 @@ mod tests {
     #[test]
     fn params_are_captured_in_order() {
         let t = table(vec![spec(None, "/users/:id/posts/:Post", None, "p")]);
-        let Lookup::Found(m) = t.lookup(None, &Method::GET, "/users/42/posts/abc") else {
+        let Lookup::Found(m) = t.lookup_all(None, &Method::GET, "/users/42/posts/abc") else {
             panic!()
         };
         assert_eq!(m.params, vec![("id", "42"), ("post", "abc")]);

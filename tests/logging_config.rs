@@ -157,3 +157,291 @@ fn an_unset_environment_reference_is_a_config_error() {
         "{stderr}"
     );
 }
+
+/// A JSON object's members in the order they appear, duplicates kept (a map would keep one).
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, serde_json::Value>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+impl Members {
+    fn parse(line: &str) -> Members {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"))
+    }
+
+    fn get(&self, key: &str) -> Option<&serde_json::Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn assert_unique(&self, line: &str) {
+        let mut keys: Vec<&str> = self.0.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        let before = keys.len();
+        keys.dedup();
+        assert_eq!(before, keys.len(), "a key appears twice in {line}");
+    }
+}
+
+#[tokio::test]
+async fn a_json_line_has_each_key_once_and_the_guest_level_in_its_own_key() {
+    let gw = start();
+    let (status, _, _) = get(&http1(), &gw.url("/log")).await;
+    assert_eq!(status, StatusCode::OK);
+    for (guest, line_level) in [("warn", "WARN"), ("critical", "ERROR"), ("trace", "TRACE")] {
+        let line = gw.wait_for_output(Duration::from_secs(5), |l| {
+            l.contains(&format!("\"message at {guest}\""))
+        });
+        let members = Members::parse(&line);
+        members.assert_unique(&line);
+        assert_eq!(members.get("level"), Some(&line_level.into()), "{line}");
+        assert_eq!(members.get("guest_level"), Some(&guest.into()), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_share_the_request_budget_and_report_what_was_dropped() {
+    let gw = start();
+    // 100,000 stdout lines and 10 stderr lines, against a budget of 8 for the request.
+    let (status, headers, _) =
+        get(&http1(), &gw.url("/log?repeat=0&stdout=100000&stderr=10")).await;
+    assert_eq!(status, StatusCode::OK);
+    let request_id = headers["x-request-id"].to_str().unwrap().to_string();
+    let last = gw.wait_for_output(Duration::from_secs(30), |l| {
+        l.contains("lines dropped") && l.contains(&request_id)
+    });
+    let members = Members::parse(&last);
+    assert_eq!(members.get("dropped"), Some(&100_002.into()), "{last}");
+    assert!(last.contains("100002 lines dropped"), "{last}");
+
+    let output = gw.output();
+    let ours = |needle: &str| {
+        output
+            .lines()
+            .filter(|l| l.contains(&request_id) && l.contains(needle))
+            .count()
+    };
+    assert_eq!(ours("stdout line"), 8, "the budget, and nothing past it");
+    assert_eq!(ours("stderr line"), 0);
+    assert_eq!(ours("lines dropped"), 1, "one summary line per request");
+
+    let metrics = gw.metrics().await;
+    let count = |level, outcome| {
+        metric_value(
+            &metrics,
+            "wasmgate_guest_log_messages_total",
+            &[("route", "/log"), ("level", level), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("info", "logged"), Some(8.0));
+    assert_eq!(
+        count("info", "dropped"),
+        Some(99_992.0),
+        "stdout counts as info"
+    );
+    assert_eq!(
+        count("warn", "dropped"),
+        Some(10.0),
+        "stderr counts as warn"
+    );
+    assert_eq!(
+        metric_value(&metrics, "wasmgate_log_lines_dropped_total", &[]),
+        Some(0.0),
+        "the writer kept up"
+    );
+}
+
+/// Percent-encodes everything but letters and digits.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn start_text(routes: &str) -> Gateway {
+    Gateway::start_with(
+        routes,
+        Sections {
+            server: "\n[logging]\nformat = \"text\"\n".into(),
+            ..Sections::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn guest_text_cannot_forge_lines_in_the_text_format() {
+    let gw = start_text(&routes());
+    let forged = "legit\nFORGED 2026-01-01T00:00:00Z ERROR fake: \u{1b}[31mred\r\tend";
+    let (status, headers, _) = get(
+        &http1(),
+        &gw.url(&format!("/log?repeat=0&text={}", encode(forged))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let request_id = headers["x-request-id"].to_str().unwrap().to_string();
+    // wasi:logging: one line, the newline escaped.
+    let line = gw.wait_for_output(Duration::from_secs(5), |l| {
+        l.contains(&request_id) && l.contains("context=")
+    });
+    assert!(
+        line.contains(r"legit\nFORGED 2026-01-01T00:00:00Z ERROR fake: \u{1b}[31mred\r\tend"),
+        "{line}"
+    );
+    // stdout and stderr: a line per line, control characters escaped.
+    gw.wait_for_output(Duration::from_secs(5), |l| {
+        l.contains(&request_id) && l.contains("stream=\"stderr\"") && l.contains("FORGED")
+    });
+    let output = gw.output();
+    for line in output.lines() {
+        assert!(!line.starts_with("FORGED"), "a forged line: {line}");
+        assert!(
+            !line.contains('\u{1b}') && !line.contains('\r'),
+            "raw control characters: {line:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_trap_backtrace_is_logged_once_a_minute_per_route() {
+    let gw = start_text(&format!(
+        "[[route]]\npath = \"/trap\"\ncomponent = {}\n",
+        toml_path(&guest("trap"))
+    ));
+    for _ in 0..3 {
+        let (status, _, _) = get(&http1(), &gw.url("/trap")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let started = std::time::Instant::now();
+    let trapped = loop {
+        let output = gw.output();
+        let lines: Vec<String> = output
+            .lines()
+            .filter(|l| l.contains("component trapped"))
+            .map(str::to_string)
+            .collect();
+        if lines.len() == 3 || started.elapsed() > Duration::from_secs(5) {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(trapped.len(), 3, "{}", gw.output());
+    let with_backtrace = trapped
+        .iter()
+        .filter(|l| l.contains("wasm backtrace"))
+        .count();
+    let without = trapped
+        .iter()
+        .filter(|l| l.contains("backtrace omitted") && l.contains("unreachable"))
+        .count();
+    assert_eq!((with_backtrace, without), (1, 2), "{trapped:#?}");
+}
+
+/// Kills the process when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test]
+async fn a_stdout_nobody_reads_drops_log_lines_and_never_holds_requests() {
+    // The gateway's stdout is a pipe this test never reads: once the pipe and the writer's
+    // queue (1,000 lines) are full, lines must be dropped and counted, and requests served.
+    let (public, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{public}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [logging]\nbuffer_lines = 1000\nmax_guest_messages = 100\n\
+         [engine]\ncache_dir = {}\nmax_instances = 16\n\
+         [[route]]\npath = \"/log\"\ncomponent = {}\n",
+        toml_path(&shared_cache_dir()),
+        toml_path(&guest("logger")),
+    );
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .args(["serve", path.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start wasmgate"),
+    );
+    let _unread = child.0.stdout.take();
+    let client = http1();
+    let started = std::time::Instant::now();
+    loop {
+        let request = http::Request::get(format!("http://127.0.0.1:{admin}/livez"))
+            .body(empty())
+            .unwrap();
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), client.request(request)).await
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "wasmgate did not start (or a port was taken)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 60 requests x 100 lines of ~170 bytes: 6,000 lines, far more than a 64 KiB pipe and
+    // 1,000 queued lines hold.
+    let started = std::time::Instant::now();
+    for _ in 0..60 {
+        let (status, _, _) = get(
+            &client,
+            &format!("http://127.0.0.1:{public}/log?repeat=0&stdout=100"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "requests were held by the log output: {:?}",
+        started.elapsed()
+    );
+    let (_, _, metrics) = get(&client, &format!("http://127.0.0.1:{admin}/metrics")).await;
+    let dropped = metric_value(&metrics, "wasmgate_log_lines_dropped_total", &[]).unwrap();
+    assert!(
+        (1000.0..6000.0).contains(&dropped),
+        "dropped {dropped} of 6,000 lines"
+    );
+}

@@ -4,11 +4,16 @@
 //! id and the stream, on the same pipeline as the gateway's own logs. Lines are cut at
 //! [`MAX_LINE`] bytes so a guest that never writes a newline cannot grow the buffer without
 //! bound; whatever is left when the stream is dropped is logged as a last line.
+//!
+//! Every line is taken from the request's log budget ([`RequestLog`]), the same one
+//! `wasi:logging` uses: past it, lines are dropped and counted (stdout as level `info`, stderr
+//! as `warn`), so a guest printing in a loop costs the host a line split, not a log write.
 
+use super::logging::{Admit, RequestLog};
+use crate::metrics::GUEST_LOG_LEVELS;
 use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -24,28 +29,30 @@ pub enum Stream {
     Stderr,
 }
 
+impl Stream {
+    /// The guest log level its lines are counted under, an index into [`GUEST_LOG_LEVELS`].
+    fn level(self) -> usize {
+        let name = match self {
+            Stream::Stdout => "info",
+            Stream::Stderr => "warn",
+        };
+        GUEST_LOG_LEVELS
+            .iter()
+            .position(|level| *level == name)
+            .unwrap_or(0)
+    }
+}
+
 /// A guest output stream that becomes log lines; cheap to clone (one per request).
 #[derive(Clone)]
 pub struct GuestOutput {
     stream: Stream,
-    route: Arc<str>,
-    component: Arc<str>,
-    request_id: Arc<str>,
+    log: RequestLog,
 }
 
 impl GuestOutput {
-    pub fn new(
-        stream: Stream,
-        route: Arc<str>,
-        component: Arc<str>,
-        request_id: Arc<str>,
-    ) -> GuestOutput {
-        GuestOutput {
-            stream,
-            route,
-            component,
-            request_id,
-        }
+    pub fn new(stream: Stream, log: RequestLog) -> GuestOutput {
+        GuestOutput { stream, log }
     }
 }
 
@@ -104,14 +111,14 @@ impl LineLogger {
     }
 
     fn emit(&mut self) {
+        let GuestOutput { stream, log } = &self.output;
+        if log.admit(self.line.len(), stream.level()) == Admit::Drop {
+            self.line.clear();
+            return;
+        }
         let text = String::from_utf8_lossy(&self.line);
         let text = text.strip_suffix('\r').unwrap_or(&text);
-        let GuestOutput {
-            stream,
-            route,
-            component,
-            request_id,
-        } = &self.output;
+        let (route, component, request_id) = (log.route(), log.component(), log.request_id());
         match stream {
             Stream::Stdout => tracing::info!(
                 target: "wasmgate::guest",

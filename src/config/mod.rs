@@ -68,6 +68,30 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How many HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
+    /// How long a connection may stay open with no request in flight (HTTP/1.1 keep-alive and
+    /// HTTP/2). An HTTP/1.1 connection waiting for its next request is also bounded by
+    /// `header_read_timeout`.
+    #[serde(deserialize_with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// How long a request body may take to arrive, from the first read to its end; slower
+    /// bodies are cut off and the request gets 408.
+    #[serde(deserialize_with = "units::duration")]
+    pub body_read_timeout: Duration,
+    /// How long a write to a client may wait for the client to read; a peer that stops reading
+    /// for longer is disconnected.
+    #[serde(deserialize_with = "units::duration")]
+    pub send_timeout: Duration,
+    /// How often an HTTP/2 connection is pinged; a peer that does not answer a ping within the
+    /// same time is disconnected.
+    #[serde(deserialize_with = "units::duration")]
+    pub keepalive_interval: Duration,
+    /// After SIGTERM, how long the listener keeps accepting while `/readyz` already fails, so
+    /// load balancers stop sending traffic before the port closes.
+    #[serde(deserialize_with = "units::duration")]
+    pub shutdown_delay: Duration,
+    /// Whether a host that only a wildcard `allowed_outbound_hosts` entry allows is refused when
+    /// it resolves to a loopback, private or link-local address.
+    pub outbound_deny_private: bool,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +105,12 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_streams: 200,
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(20),
+            shutdown_delay: Duration::ZERO,
+            outbound_deny_private: true,
         }
     }
 }
@@ -122,6 +152,8 @@ pub struct LoggingConfig {
     /// Bytes (context and message) one request's component may log; more are dropped.
     #[serde(deserialize_with = "units::size")]
     pub max_guest_bytes: u64,
+    /// Log lines queued for stdout at most; more are dropped (and counted) rather than waited for.
+    pub buffer_lines: usize,
 }
 
 impl Default for LoggingConfig {
@@ -131,6 +163,7 @@ impl Default for LoggingConfig {
             level: "info".into(),
             max_guest_messages: 100,
             max_guest_bytes: 64 << 10,
+            buffer_lines: 16_384,
         }
     }
 }
@@ -141,7 +174,8 @@ impl Default for LoggingConfig {
 pub struct EngineConfig {
     /// Where compiled components are cached; `""` disables the cache.
     pub cache_dir: PathBuf,
-    /// Instances that can be alive at once across all routes (pooling allocator slots).
+    /// Instances that can be alive at once across all routes, counted with or without the pool
+    /// (and the pooling allocator's slots).
     pub max_instances: u32,
     /// The most linear memory one instance may grow to; a route's `max_memory` may be lower.
     #[serde(deserialize_with = "units::size")]
@@ -222,6 +256,20 @@ pub struct KeyValueConfig {
     /// The largest value a guest may store.
     #[serde(default = "default_max_value_size", deserialize_with = "units::size")]
     pub max_value_size: u64,
+    /// The most keys one batch call (`get-many`, `set-many`, `delete-many`) may name.
+    #[serde(default = "default_max_batch_keys")]
+    pub max_batch_keys: u64,
+    /// The most bytes of this store's data one request may have the host hold for it at once:
+    /// the values a call returns (`get-many` above all) plus its open handles (a draft2 `cas`
+    /// keeps a copy of its value).
+    #[serde(
+        default = "default_max_request_bytes",
+        deserialize_with = "units::size"
+    )]
+    pub max_request_bytes: u64,
+    /// memory: the most bytes (keys and values) the store may hold; absent, 256 MiB.
+    #[serde(default, deserialize_with = "units::opt_size")]
+    pub max_total_size: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -235,6 +283,17 @@ fn default_max_key_size() -> u64 {
 fn default_max_value_size() -> u64 {
     1 << 20
 }
+
+fn default_max_batch_keys() -> u64 {
+    1000
+}
+
+fn default_max_request_bytes() -> u64 {
+    16 << 20
+}
+
+/// `[keyvalue.NAME] max_total_size` of a memory store when it is absent.
+pub const DEFAULT_MEMORY_MAX_TOTAL_SIZE: u64 = 256 << 20;
 
 /// `[component.NAME]`: a component that provides interfaces to other components (see
 /// `runtime::linking`). It serves no route of its own.
@@ -310,6 +369,16 @@ fn default_queue_timeout() -> Duration {
 }
 
 impl RouteConfig {
+    /// The route's name in metrics, logs and `/routes`: its host (if any) and path template, as
+    /// written in the config, e.g. `api.example.com/users/:id`. Routes that differ by host are
+    /// told apart; the number of names is bounded by the config.
+    pub fn label(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{host}{}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
     /// A short name for error messages: `route 2 (GET api.example.com/hello/:name)`.
     pub fn describe(&self, index: usize) -> String {
         let methods = self
@@ -371,6 +440,17 @@ impl Config {
         }
         if server.max_concurrent_streams == 0 {
             bail!("[server] max_concurrent_streams must be at least 1");
+        }
+        for (key, value) in [
+            ("header_read_timeout", server.header_read_timeout),
+            ("idle_timeout", server.idle_timeout),
+            ("body_read_timeout", server.body_read_timeout),
+            ("send_timeout", server.send_timeout),
+            ("keepalive_interval", server.keepalive_interval),
+        ] {
+            if value.is_zero() {
+                bail!("[server] {key} must be longer than zero");
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
             bail!(
@@ -437,6 +517,22 @@ impl Config {
             }
             if store.max_key_size == 0 || store.max_value_size == 0 {
                 bail!("[keyvalue.{name}]: max_key_size and max_value_size must be at least 1");
+            }
+            needs(
+                "max_total_size",
+                store.max_total_size.is_some(),
+                store.backend == Memory && store.max_total_size.is_some(),
+            )?;
+            if store.max_batch_keys == 0 || store.max_total_size == Some(0) {
+                bail!("[keyvalue.{name}]: max_batch_keys and max_total_size must be at least 1");
+            }
+            if store.max_request_bytes < store.max_value_size {
+                bail!(
+                    "[keyvalue.{name}]: max_request_bytes ({} bytes) must be at least \
+                     max_value_size ({} bytes), or no value could be read",
+                    store.max_request_bytes,
+                    store.max_value_size
+                );
             }
         }
         self.check_links()?;
@@ -654,6 +750,19 @@ mod tests {
             text.contains("request_timeout") && text.contains("not a duration"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_deadline_are_config_errors() {
+        let text =
+            refusal("[[route]]\npath = \"/\"\ncomponent = \"a.wasm\"\ntimeout = \"1000000000y\"\n");
+        assert!(text.contains("timeout"), "{text}");
+        let text = refusal("[server]\nidle_timeout = \"400days\"\n");
+        assert!(
+            text.contains("idle_timeout") && text.contains("too long"),
+            "{text}"
+        );
+        assert!(refusal("[server]\nsend_timeout = \"0s\"\n").contains("send_timeout"));
     }
 
     #[test]

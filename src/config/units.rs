@@ -45,13 +45,23 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
-/// Parses a duration such as `"10s"`, `"250ms"`, `"1m 30s"`.
+/// The longest duration the config accepts. Deadlines are computed as `now + duration`; a
+/// longer value could overflow the clock, and no timeout or interval needs more than this.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Parses a duration such as `"10s"`, `"250ms"`, `"1m 30s"`, at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
         format!(
             "`{text}` is not a duration ({e}): use a number with a unit, like \"10s\" or \"250ms\""
         )
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "`{text}` is too long: durations are at most 365 days"
+        ));
+    }
+    Ok(duration)
 }
 
 #[derive(Deserialize)]
@@ -128,5 +138,13 @@ mod tests {
                 .unwrap_err()
                 .contains("not a duration")
         );
+        assert_eq!(parse_duration("365days"), Ok(MAX_DURATION));
+        for huge in ["1000000000y", "366days", "18446744073709551615s"] {
+            let error = parse_duration(huge).unwrap_err();
+            assert!(
+                error.contains("too long") || error.contains("not a duration"),
+                "{huge}: {error}"
+            );
+        }
     }
 }

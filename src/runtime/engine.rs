@@ -1,9 +1,20 @@
 //! The process's one wasmtime [`Engine`]: component model, async, epoch interruption, and the
-//! pooling instance allocator sized from `[engine]`.
+//! pooling instance allocator sized from `[engine]`; and [`InstanceSlots`], the count that holds
+//! every live instance to `[engine] max_instances`.
 //!
-//! The pool reserves address space for every slot up front. Where that reservation fails (a
-//! `ulimit -v`, a small 32-bit-like address space) the engine falls back to allocating instances
-//! on demand and says so in the log: slower, but serving.
+//! The pool reserves address space for every slot up front: each linear memory slot is a 4 GiB
+//! reservation plus a guard region (what lets compiled code skip bounds checks), and the pool has
+//! [`MEMORIES_PER_INSTANCE`] of them per instance. Where that reservation fails (a `ulimit -v`, a
+//! container's address-space limit) the start fails with a message that says how much was asked
+//! for and which setting to lower. It used to fall back to allocating instances on demand, which
+//! silently stopped enforcing `max_instances`; a gateway that is not what its config says should
+//! not start.
+//!
+//! `max_instances` is enforced by [`InstanceSlots`] whatever the allocator: a request takes a
+//! slot (without waiting) before its store is created and gives it back once the store is gone,
+//! and a request that finds none gets the pool-exhaustion 503. With the pool this is the same
+//! bound the pool has (the slot is given back after the pool's, so the pool's own limit is never
+//! what answers); with `pooling = false` it is the only one.
 //!
 //! [`EpochTicker`] advances the engine's epoch on one thread. Every store asks to be interrupted
 //! at the next tick, so a guest that computes without pause yields to the executor at least once
@@ -14,6 +25,7 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Core instances (modules) one component may contain; a Rust `wasm32-wasip2` component has a
@@ -29,6 +41,11 @@ const MAX_TABLES_PER_COMPONENT: u32 = 40;
 const MEMORIES_PER_INSTANCE: u32 = 4;
 const CORE_INSTANCES_PER_INSTANCE: u32 = 16;
 const TABLES_PER_INSTANCE: u32 = 16;
+/// Address space reserved for each linear memory, and the guard region after it: wasmtime's
+/// defaults on 64-bit hosts, set explicitly so that the estimate in the pool's error is right.
+/// A memory whose bounds are known to fit lets compiled code skip explicit bounds checks.
+const MEMORY_RESERVATION: u64 = 4 << 30;
+const MEMORY_GUARD: u64 = 32 << 20;
 
 /// Which allocator the engine ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,17 +54,14 @@ pub enum Allocator {
     OnDemand,
 }
 
-/// Builds the engine; falls back to on-demand allocation if the pool cannot be reserved.
+/// Builds the engine: with the instance pool unless `[engine] pooling = false`. A pool that
+/// cannot be created fails the start (module docs).
 pub fn build_engine(config: &EngineConfig) -> anyhow::Result<(Engine, Allocator)> {
     if config.pooling {
-        match Engine::new(&wasmtime_config(Some(pooling_config(config)))) {
-            Ok(engine) => return Ok((engine, Allocator::Pooling)),
-            Err(e) => tracing::warn!(
-                error = %format!("{e:#}"),
-                "cannot reserve the pooling allocator's address space; allocating instances on \
-                 demand instead (lower [engine] max_instances or max_instance_memory to use the pool)"
-            ),
-        }
+        let engine = Engine::new(&wasmtime_config(Some(pooling_config(config))))
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .with_context(|| pool_failure_hint(config))?;
+        return Ok((engine, Allocator::Pooling));
     }
     let engine = Engine::new(&wasmtime_config(None))
         .map_err(|e| anyhow::anyhow!("{e:#}"))
@@ -55,16 +69,62 @@ pub fn build_engine(config: &EngineConfig) -> anyhow::Result<(Engine, Allocator)
     Ok((engine, Allocator::OnDemand))
 }
 
+/// What the pool asks for and what to change when it cannot have it.
+fn pool_failure_hint(config: &EngineConfig) -> String {
+    if config.max_instance_memory > MEMORY_RESERVATION {
+        return format!(
+            "cannot create the instance pool: [engine] max_instance_memory = {} MiB is larger \
+             than a pool slot (4 GiB): lower max_instance_memory to 4GiB or less, or set \
+             [engine] pooling = false",
+            config.max_instance_memory >> 20
+        );
+    }
+    let memories = u64::from(config.max_instances).saturating_mul(MEMORIES_PER_INSTANCE.into());
+    let total = memories.saturating_mul(MEMORY_RESERVATION + MEMORY_GUARD);
+    format!(
+        "cannot create the instance pool: [engine] max_instances = {} reserves about {} GiB of \
+         address space up front ({memories} linear memory slots of 4 GiB and a 32 MiB guard \
+         each, whatever max_instance_memory is, plus tables and stacks): lower [engine] \
+         max_instances, raise the process's address-space limit (ulimit -v), or set [engine] \
+         pooling = false to allocate instances on demand (max_instances is still enforced)",
+        config.max_instances,
+        total >> 30,
+    )
+}
+
 fn wasmtime_config(pool: Option<PoolingAllocationConfig>) -> Config {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
+        .memory_reservation(MEMORY_RESERVATION)
+        .memory_guard_size(MEMORY_GUARD)
         .parallel_compilation(true);
     if let Some(pool) = pool {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     wasm
+}
+
+/// The slots of `[engine] max_instances`, shared by every route (module docs).
+#[derive(Clone)]
+pub struct InstanceSlots(Arc<Semaphore>);
+
+/// One live instance's slot; dropping it gives it back.
+pub type InstanceSlot = OwnedSemaphorePermit;
+
+impl InstanceSlots {
+    pub fn new(max_instances: u32) -> InstanceSlots {
+        let slots = usize::try_from(max_instances)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        InstanceSlots(Arc::new(Semaphore::new(slots)))
+    }
+
+    /// A free slot, or `None` when `max_instances` instances are alive; never waits.
+    pub fn try_take(&self) -> Option<InstanceSlot> {
+        self.0.clone().try_acquire_owned().ok()
+    }
 }
 
 fn pooling_config(config: &EngineConfig) -> PoolingAllocationConfig {
@@ -131,5 +191,43 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_run_out_at_max_instances_and_come_back_when_dropped() {
+        let slots = InstanceSlots::new(2);
+        let a = slots.try_take().expect("first");
+        let _b = slots.clone().try_take().expect("second, through a clone");
+        assert!(slots.try_take().is_none());
+        drop(a);
+        assert!(slots.try_take().is_some());
+    }
+
+    #[test]
+    fn the_pool_error_says_what_it_reserves_and_what_to_lower() {
+        let config = EngineConfig {
+            max_instances: 1000,
+            ..EngineConfig::default()
+        };
+        let hint = pool_failure_hint(&config);
+        assert!(hint.contains("max_instances = 1000"), "{hint}");
+        assert!(hint.contains("about 16125 GiB"), "{hint}");
+        assert!(hint.contains("4000 linear memory slots of 4 GiB"), "{hint}");
+        assert!(hint.contains("lower [engine] max_instances"), "{hint}");
+        assert!(hint.contains("pooling = false"), "{hint}");
+        let large = EngineConfig {
+            max_instance_memory: 8 << 30,
+            ..config
+        };
+        let hint = pool_failure_hint(&large);
+        assert!(
+            hint.contains("lower max_instance_memory to 4GiB or less"),
+            "{hint}"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! For every request a [`ComponentRoute`]:
 //!
-//! 1. takes an admission permit ([`super::admission`]), or rejects the request;
+//! 1. takes an admission permit ([`super::admission`]) and one of the process's
+//!    `max_instances` slots ([`super::engine::InstanceSlots`]), or rejects the request;
 //! 2. creates a `Store` with fresh [`HostState`]: WASI, `wasi:http` with the route's outbound
 //!    policy, and a memory limiter;
 //! 3. instantiates the pre-instantiated component (`ProxyPre`) from the pooling allocator;
@@ -20,20 +21,20 @@
 //! ran out of time (504) and one whose body was cut off (the response is aborted).
 
 use super::admission::Admission;
+use super::engine::InstanceSlots;
 use super::response::{GuestBody, GuestEnd};
-use crate::body::ResponseBody;
+use crate::body::{CutFlag, ResponseBody};
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
-use crate::capabilities::logging::{self, LogBudget, LoggingView};
-use crate::capabilities::outbound_http::{OutboundPolicy, OutboundRule, SelfHandle};
+use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, RequestLog};
+use crate::capabilities::outbound_http::{Allowlist, OutboundPolicy, SelfHandle};
 use crate::capabilities::wasi::guest_context;
-use crate::metrics::{RejectReason, RouteMetrics, TrapKind};
+use crate::metrics::{GaugeGuard, RejectReason, RouteMetrics, TrapKind};
 use bytes::Bytes;
 use futures::future::Either;
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -54,23 +55,17 @@ pub struct HostState {
     table: ResourceTable,
     outbound: OutboundPolicy,
     limiter: MemoryLimiter,
-    keyvalue: Grants,
+    keyvalue: keyvalue::RequestState,
     /// The route's metric handles (and its name).
     metrics: Arc<RouteMetrics>,
-    component: Arc<str>,
-    request_id: Arc<str>,
-    log_budget: LogBudget,
+    /// The request's log budget, shared with its stdout and stderr.
+    log: RequestLog,
     config: ConfigValues,
 }
 
 impl HostState {
     fn logging(&mut self) -> LoggingView<'_> {
-        LoggingView {
-            metrics: &self.metrics,
-            component: &self.component,
-            request_id: &self.request_id,
-            budget: &mut self.log_budget,
-        }
+        LoggingView { log: &self.log }
     }
 
     fn config(&mut self) -> ConfigView<'_> {
@@ -82,7 +77,7 @@ impl HostState {
     fn keyvalue(&mut self) -> KeyValueView<'_> {
         KeyValueView {
             table: &mut self.table,
-            grants: &self.keyvalue,
+            state: &mut self.keyvalue,
             metrics: self.metrics.all(),
         }
     }
@@ -183,16 +178,16 @@ pub struct RouteSettings {
     /// `links` name.
     pub component: Arc<str>,
     pub env: Vec<(String, String)>,
-    pub outbound: Arc<[OutboundRule]>,
+    pub outbound: Arc<Allowlist>,
     pub timeout: Duration,
     pub max_memory: usize,
     pub admission: Admission,
+    /// `[engine] max_instances`, shared by every route.
+    pub instances: InstanceSlots,
     pub keyvalue: Grants,
     pub config: ConfigValues,
     /// A fresh copy for each request.
     pub log_budget: LogBudget,
-    /// Reachable only through `http://self`.
-    pub private: bool,
     pub self_handle: SelfHandle,
 }
 
@@ -220,11 +215,6 @@ impl ComponentRoute {
         &self.metrics
     }
 
-    /// Whether only components may reach the route.
-    pub fn is_private(&self) -> bool {
-        self.settings.private
-    }
-
     /// The component, as log lines name it.
     pub fn component(&self) -> &str {
         &self.settings.component
@@ -237,7 +227,7 @@ impl ComponentRoute {
         self: &Arc<Self>,
         request: http::Request<B>,
         request_id: &Arc<str>,
-        request_cut: Arc<AtomicBool>,
+        request_cut: CutFlag,
         depth: u32,
     ) -> Result<http::Response<ResponseBody>, Failure>
     where
@@ -246,6 +236,12 @@ impl ComponentRoute {
         let permit = self.settings.admission.acquire().await.map_err(|reason| {
             self.metrics.rejected(reason);
             Failure::Rejected(reason)
+        })?;
+        // Taken after the route's permit (so a request queued for the route holds no slot) and
+        // given back after the store is dropped, with the permit.
+        let slot = self.settings.instances.try_take().ok_or_else(|| {
+            self.metrics.rejected(RejectReason::PoolExhausted);
+            Failure::Rejected(RejectReason::PoolExhausted)
         })?;
         let deadline = Instant::now() + self.settings.timeout;
 
@@ -269,6 +265,7 @@ impl ComponentRoute {
         let guest = Box::pin(async move {
             let request_id = task_request_id;
             let _permit = permit;
+            let _slot = slot;
             let run = async {
                 let started = std::time::Instant::now();
                 let proxy = route
@@ -363,17 +360,17 @@ impl ComponentRoute {
 
     fn new_store(&self, request_id: &Arc<str>, depth: u32) -> Store<HostState> {
         let settings = &self.settings;
+        let log = settings.log_budget.for_request(
+            self.metrics.clone(),
+            settings.component.clone(),
+            request_id.clone(),
+        );
         let state = HostState {
-            wasi: guest_context(
-                &settings.env,
-                &settings.name,
-                &settings.component,
-                request_id,
-            ),
+            wasi: guest_context(&settings.env, &log),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
-                rules: settings.outbound.clone(),
+                allowlist: settings.outbound.clone(),
                 route: settings.name.clone(),
                 request_id: request_id.clone(),
                 response_timeout: settings.timeout,
@@ -386,11 +383,9 @@ impl ComponentRoute {
                 granted: 0,
                 refused: false,
             },
-            keyvalue: settings.keyvalue.clone(),
+            keyvalue: keyvalue::RequestState::new(settings.keyvalue.clone()),
             metrics: self.metrics.clone(),
-            component: settings.component.clone(),
-            request_id: request_id.clone(),
-            log_budget: settings.log_budget.clone(),
+            log,
             config: settings.config.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -424,31 +419,28 @@ impl ComponentRoute {
             TrapKind::Trap
         };
         self.metrics.trap(kind);
-        tracing::error!(
-            route = %route, request_id, kind = kind.as_str(), error = ?error,
-            "{}", if instantiating { "component could not be instantiated" } else { "component trapped" }
-        );
+        let what = if instantiating {
+            "component could not be instantiated"
+        } else {
+            "component trapped"
+        };
+        // The backtrace at most once a minute per route: a guest that traps on every request
+        // must not fill the log with it.
+        match self.settings.log_budget.backtrace() {
+            Backtrace::Log => tracing::error!(
+                route = %route, request_id, kind = kind.as_str(), error = ?error, "{what}"
+            ),
+            Backtrace::Omit => tracing::error!(
+                route = %route, request_id, kind = kind.as_str(),
+                error = %logging::error_summary(error),
+                "{what} (backtrace omitted: logged once a minute per route)"
+            ),
+        }
         if instantiating {
             GuestEnd::InstantiationFailed
         } else {
             GuestEnd::Trapped
         }
-    }
-}
-
-/// Increments a gauge now and decrements it on drop.
-struct GaugeGuard<'a>(&'a prometheus::IntGauge);
-
-impl<'a> GaugeGuard<'a> {
-    fn inc(gauge: &'a prometheus::IntGauge) -> GaugeGuard<'a> {
-        gauge.inc();
-        GaugeGuard(gauge)
-    }
-}
-
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

@@ -5,4 +5,5 @@ pub mod component;
 pub mod engine;
 pub mod instance;
 pub mod linking;
+pub mod loader;
 pub mod response;

@@ -5,14 +5,12 @@
 //! an error, so hyper aborts the response (HTTP/1.1 closes the connection without the last chunk,
 //! HTTP/2 resets the stream) and a client never takes a truncated body for a complete one. The
 //! same goes for a response written while the gateway cut the *request* body off (it was over
-//! `max_request_body`): the guest saw a broken request, so its answer cannot be trusted whole.
+//! `max_request_body`, or arrived too slowly): the guest saw a broken request, so its answer cannot be trusted whole.
 
-use crate::body::BoxError;
+use crate::body::{BoxError, CutFlag};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use tokio::sync::watch;
 
@@ -49,16 +47,12 @@ pub struct GuestBodyAborted;
 pub struct GuestBody<B> {
     inner: B,
     end: watch::Receiver<GuestEnd>,
-    request_cut: Arc<AtomicBool>,
+    request_cut: CutFlag,
 }
 
 impl<B> GuestBody<B> {
     /// `end` is how the guest ended; `request_cut` is set if the request body was cut off.
-    pub fn new(
-        inner: B,
-        end: watch::Receiver<GuestEnd>,
-        request_cut: Arc<AtomicBool>,
-    ) -> GuestBody<B> {
+    pub fn new(inner: B, end: watch::Receiver<GuestEnd>, request_cut: CutFlag) -> GuestBody<B> {
         GuestBody {
             inner,
             end,
@@ -83,7 +77,7 @@ where
             Poll::Ready(None) => {
                 // The guest's task publishes its end before it drops the store, so a body that
                 // ended because the store went away always sees `Failed` here.
-                if self.end.borrow().failed() || self.request_cut.load(Ordering::Acquire) {
+                if self.end.borrow().failed() || self.request_cut.get().is_some() {
                     Poll::Ready(Some(Err(Box::new(GuestBodyAborted))))
                 } else {
                     Poll::Ready(None)

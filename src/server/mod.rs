@@ -3,40 +3,54 @@
 //! One port serves HTTP/1.1 (keep-alive) and HTTP/2 with prior knowledge, through hyper-util's
 //! auto connection builder. A timer is installed so `header_read_timeout` is enforced (hyper
 //! ignores timeouts without one); `max_header_bytes` bounds hyper's header buffer (HTTP/1.1) and
-//! header list (HTTP/2), and the gateway checks it again exactly. `max_connections` is enforced
-//! by not accepting while that many are open, so excess clients wait in the kernel's backlog.
+//! header list (HTTP/2), and the gateway checks it again exactly. At `max_connections`, a new
+//! client makes the longest-idle connection close; when every connection is busy, new clients
+//! wait in the kernel's backlog.
 //!
-//! On SIGTERM or SIGINT: `/readyz` starts failing, the listener closes, open connections finish
-//! their in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY)
-//! for up to `shutdown_grace`, and the process exits 0.
+//! Each connection's life, and the limits on idle, silent and slow peers, are in [`connection`].
+//!
+//! On SIGTERM or SIGINT: `/readyz` starts failing at once, the listener keeps accepting for
+//! `shutdown_delay` and then closes, open connections finish their in-flight requests (HTTP/1.1
+//! closes after the current response, HTTP/2 sends GOAWAY) for up to `shutdown_grace`, and the
+//! process exits 0. SIGHUP is ignored.
+
+pub mod connection;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::runtime::loader::Process;
 use anyhow::Context;
+use connection::{
+    Activity, CloseReason, Ending, IdleLimits, InFlightBody, Room, SendTimeout, Serving,
+};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 /// Builds the gateway from `config` and serves until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    ignore_hangups();
     let metrics = Metrics::new();
     let gateway = {
         let config = config.clone();
         let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || Gateway::build(&config, metrics))
-            .await
-            .context("building the gateway panicked")??
+        tokio::task::spawn_blocking(move || {
+            let gateway = Gateway::new(Process::start(&config, metrics)?);
+            gateway.load(&config)?;
+            anyhow::Ok(gateway)
+        })
+        .await
+        .context("building the gateway panicked")??
     };
-    let gateway = Arc::new(gateway);
-    gateway.attach_self();
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -57,7 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
         ready: ready.clone(),
-        routes: gateway.route_lines(),
+        routes: gateway.generation().route_lines(),
     });
     let admin_task = tokio::spawn(async move {
         let serve = axum::serve(admin_listener, admin_app).with_graceful_shutdown(async {
@@ -72,72 +86,143 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         routes = config.routes.len(),
         "serving HTTP on http://{address} (admin endpoints on http://{admin_address})"
     );
-    let graceful = serve_connections(listener, gateway, &config.server, shutdown_signal()).await;
+    let delay = config.server.shutdown_delay;
+    let stop_accepting = {
+        let ready = ready.clone();
+        async move {
+            shutdown_signal().await;
+            // Fail readiness first, and keep serving new connections for `shutdown_delay`, so
+            // load balancers take the gateway out of rotation before its port closes.
+            ready.store(false, Ordering::Release);
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_seconds = delay.as_secs_f64(),
+                    "not ready; still accepting connections for shutdown_delay"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    let connections = serve_connections(listener, gateway, &config.server, stop_accepting).await;
 
-    ready.store(false, Ordering::Release);
     tracing::info!(
         grace_seconds = config.server.shutdown_grace.as_secs_f64(),
         "shutting down: no new connections, waiting for in-flight requests"
     );
-    match tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+    if connections.shutdown(config.server.shutdown_grace).await {
+        tracing::info!("all connections closed");
+    } else {
+        tracing::warn!("shutdown grace period over; closing the remaining connections");
     }
     let _ = stop_admin.send(());
     let _ = admin_task.await;
     Ok(())
 }
 
-/// Accepts and serves connections until `shutdown` resolves; returns the open connections.
+/// The open connections, once the listener stopped accepting.
+struct OpenConnections {
+    shutdown: watch::Sender<bool>,
+}
+
+impl OpenConnections {
+    /// Asks every connection to close (HTTP/2 GOAWAY; HTTP/1.1 after the response in flight)
+    /// and waits for them, at most `grace`. Returns whether they all closed.
+    async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        tokio::time::timeout(grace, self.shutdown.closed())
+            .await
+            .is_ok()
+    }
+}
+
+/// Accepts and serves connections until `stop` resolves; returns the open connections.
+///
+/// At `max_connections`, a new client is accepted and asks the longest-idle connection to make
+/// room (`connection::Room`); it waits for a slot only when every connection is busy.
 async fn serve_connections(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     limits: &ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> GracefulShutdown {
+    stop: impl Future<Output = ()>,
+) -> OpenConnections {
     let builder = connection_builder(limits);
-    let graceful = GracefulShutdown::new();
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
-    tokio::pin!(shutdown);
+    let room = Arc::new(Room::default());
+    let idle = IdleLimits {
+        first_request: limits.header_read_timeout,
+        between_requests: limits.idle_timeout,
+    };
+    let send_timeout = limits.send_timeout;
+    tokio::pin!(stop);
     loop {
-        let slot = tokio::select! {
-            _ = &mut shutdown => break,
-            slot = connection_slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let slot = match connection_slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                room.ask();
+                tokio::select! {
+                    _ = &mut stop => break,
+                    slot = connection_slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let service = service_fn(move |request| {
+        let activity = Arc::new(Activity::default());
+        let service = {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+            let activity = activity.clone();
+            service_fn(move |request| {
+                let gateway = gateway.clone();
+                let in_flight = activity.start();
+                async move {
+                    let response = gateway.handle(request).await;
+                    Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
+                }
+            })
+        };
+        let io = TokioIo::new(SendTimeout::new(stream, send_timeout));
+        let connection: Pin<Box<dyn Serving>> =
+            Box::pin(builder.serve_connection(io, service).into_owned());
+        let room = room.clone();
+        let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            let (ending, closed) =
+                connection::drive(connection, activity, idle, &room, shutdown).await;
+            let closed = closed.map(CloseReason::as_str);
+            match ending {
+                Ending::Finished(Ok(())) => {}
+                Ending::Finished(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, closed, "connection ended with an error")
+                }
+                Ending::Dropped => {
+                    tracing::debug!(peer = %peer, closed, "connection did not close in time; dropped")
+                }
             }
             drop(slot);
         });
     }
-    graceful
+    OpenConnections { shutdown }
 }
+
+/// Streams a client may open and reset before the gateway accepted them (hyper's default).
+const MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams the gateway may reset for a client's protocol errors before it closes the connection.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let max_header_bytes = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
@@ -152,8 +237,32 @@ fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(limits.max_concurrent_streams);
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // Pings find peers that vanished without closing; an unanswered ping closes the
+        // connection.
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_interval)
+        // Rapid reset (CVE-2023-44487): streams a client opens and resets before they are
+        // served, and streams the gateway had to reset for protocol errors, are bounded.
+        .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
     builder
+}
+
+/// Logs and otherwise ignores SIGHUP, which would end the process by default; the config is
+/// not reloaded (yet), so a stray `kill -HUP` must not take the gateway down.
+/// The handler is installed before this returns, so no SIGHUP after it can end the process.
+fn ignore_hangups() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::warn!("received SIGHUP: reloading is not supported yet; ignored");
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -14,6 +14,10 @@
 //! * `POST /kv/KEY/swap`: compare-and-swap. The body is the new value and
 //!   `x-expected` the current one (no header: the key must be absent). 200
 //!   `swapped\n`, or 409 `conflict\n` when the value is not as expected.
+//! * `GET /kv/KEY?copies=N`: one `get-many` that names KEY N times; 200
+//!   `N values, B bytes\n` (B: the bytes of the values returned).
+//! * `POST /kv/KEY/cas?handles=N`: makes N `cas` handles on KEY and holds them
+//!   all until the response; 200 `held N\n`.
 //!
 //! Other paths get 404 `not found\n`, other methods on these paths 405
 //! (`POST` only with `/increment` or `/swap`). A request body that breaks off
@@ -27,6 +31,7 @@ use wasi::http::types::{Fields, IncomingBody, IncomingRequest, Method, ResponseO
 use wasi::io::streams::StreamError;
 
 use bindings::wasi::keyvalue::atomics::{self, Cas, CasError};
+use bindings::wasi::keyvalue::batch;
 use bindings::wasi::keyvalue::store::{self, Bucket};
 
 mod bindings {
@@ -51,6 +56,7 @@ enum Route {
     Delete(String),
     Increment(String),
     Swap(String),
+    HoldCas(String),
 }
 
 /// A response to send: status, headers and body.
@@ -106,10 +112,16 @@ impl Guest for KvCrud {
 
         let result = match route {
             Route::List => list(&request, &bucket),
-            Route::Get(key) => bucket.get(&key).map(|value| match value {
-                Some(value) => Reply::with_body(200, "application/octet-stream", value),
-                None => Reply::text(404, "not found\n"),
-            }),
+            Route::Get(key) => match request_query_param(&request, "copies") {
+                Some(_) => match query_number::<usize>(&request, "copies", 1) {
+                    Ok(copies) => get_many(&bucket, &key, copies),
+                    Err(message) => Ok(Reply::text(400, message)),
+                },
+                None => bucket.get(&key).map(|value| match value {
+                    Some(value) => Reply::with_body(200, "application/octet-stream", value),
+                    None => Reply::text(404, "not found\n"),
+                }),
+            },
             Route::Head(key) => bucket
                 .exists(&key)
                 .map(|exists| Reply::empty(if exists { 200 } else { 404 })),
@@ -124,6 +136,10 @@ impl Guest for KvCrud {
                 Err(message) => Ok(Reply::text(400, message)),
             },
             Route::Swap(key) => Ok(swap(&request, &bucket, &key)),
+            Route::HoldCas(key) => match query_number::<usize>(&request, "handles", 1) {
+                Ok(handles) => hold_cas(&bucket, &key, handles),
+                Err(message) => Ok(Reply::text(400, message)),
+            },
         };
         send(out, result.unwrap_or_else(|e| store_error(&e)));
     }
@@ -151,6 +167,8 @@ fn route(method: &Method, path: &str) -> Result<Route, Reply> {
                 Ok(Route::Increment(percent_decode(key)))
             } else if let Some(key) = rest.strip_suffix("/swap") {
                 Ok(Route::Swap(percent_decode(key)))
+            } else if let Some(key) = rest.strip_suffix("/cas") {
+                Ok(Route::HoldCas(percent_decode(key)))
             } else {
                 Err(Reply::text(405, "method not allowed\n"))
             }
@@ -173,6 +191,26 @@ fn list(request: &IncomingRequest, bucket: &Bucket) -> Result<Reply, store::Erro
         reply.headers.push(("x-next-cursor", next));
     }
     Ok(reply)
+}
+
+/// `GET /kv/KEY?copies=N`: one `get-many` naming KEY N times.
+fn get_many(bucket: &Bucket, key: &str, copies: usize) -> Result<Reply, store::Error> {
+    let keys = vec![key.to_string(); copies];
+    let values = batch::get_many(bucket, &keys)?;
+    let bytes: usize = values
+        .iter()
+        .map(|(_, value)| value.as_ref().map_or(0, Vec::len))
+        .sum();
+    Ok(Reply::text(200, format!("{} values, {bytes} bytes\n", values.len())))
+}
+
+/// `POST /kv/KEY/cas?handles=N`: N `cas` handles on KEY, all held at once.
+fn hold_cas(bucket: &Bucket, key: &str, handles: usize) -> Result<Reply, store::Error> {
+    let mut held = Vec::new();
+    for _ in 0..handles {
+        held.push(Cas::new(bucket, key)?);
+    }
+    Ok(Reply::text(200, format!("held {}\n", held.len())))
 }
 
 /// `POST /kv/KEY/swap`: replaces the value only if it is the one in

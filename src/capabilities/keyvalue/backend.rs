@@ -48,8 +48,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `limit` keys that sort after `cursor` (all keys if `None`), in byte order.
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage, BackendError>;
 
-    /// Adds `delta` to the counter at `key` (absent counts as 0) and returns the new value.
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, BackendError>;
+    /// Adds `delta` to the counter at `key` (absent counts as 0) and returns the new value. A
+    /// result outside `range` is an `Invalid` error and nothing is written.
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: CounterRange,
+    ) -> Result<i64, BackendError>;
 
     /// Sets `key` to `new` if its value is `expected` (`None`: absent). `Ok(false)`: it was not,
     /// and nothing changed.
@@ -61,6 +67,26 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<bool, BackendError>;
 }
 
+/// The values a counter may take after an `increment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterRange {
+    /// Any 64-bit signed value (0.2.0-draft2's `s64` counters).
+    Any,
+    /// Zero or more (0.2.0-draft's counters are `u64`): an increment that would leave the
+    /// counter negative fails before it writes.
+    NonNegative,
+}
+
+/// The error for an increment whose result would be negative in a [`CounterRange::NonNegative`]
+/// counter.
+pub fn negative_counter() -> BackendError {
+    BackendError::Invalid(
+        "the counter would be negative, which an unsigned (0.2.0-draft) counter cannot hold; \
+         nothing was written"
+            .into(),
+    )
+}
+
 /// Parses a stored counter.
 pub fn parse_counter(value: &[u8]) -> Result<i64, BackendError> {
     std::str::from_utf8(value)
@@ -69,11 +95,15 @@ pub fn parse_counter(value: &[u8]) -> Result<i64, BackendError> {
         .ok_or_else(|| BackendError::Invalid("the value is not an integer counter".into()))
 }
 
-/// `current + delta`, or an error instead of wrapping.
-pub fn add_counter(current: i64, delta: i64) -> Result<i64, BackendError> {
-    current
-        .checked_add(delta)
-        .ok_or_else(|| BackendError::Invalid("the counter would overflow a 64-bit integer".into()))
+/// `current + delta`, or an error instead of wrapping or leaving `range`.
+pub fn add_counter(current: i64, delta: i64, range: CounterRange) -> Result<i64, BackendError> {
+    let next = current.checked_add(delta).ok_or_else(|| {
+        BackendError::Invalid("the counter would overflow a 64-bit integer".into())
+    })?;
+    match range {
+        CounterRange::NonNegative if next < 0 => Err(negative_counter()),
+        _ => Ok(next),
+    }
 }
 
 /// Builds a page from keys already sorted and filtered to those after the cursor.

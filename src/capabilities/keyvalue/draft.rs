@@ -2,7 +2,8 @@
 //! components import. Its `list-keys` cursor is a `u64`; the gateway hands out numbers that stand
 //! for string cursors kept in the bucket resource, so paging is exact here too.
 
-use super::{Bucket, Grants, KvError, Store, open};
+use super::backend::CounterRange;
+use super::{Bucket, HANDLE_BYTES, KvError, RequestState, Store, open};
 use crate::metrics::Metrics;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -21,7 +22,8 @@ use bindings::wasi::keyvalue::{atomics, batch, store};
 /// What the host functions see of a request's store.
 pub struct KeyValueView<'a> {
     pub table: &'a mut ResourceTable,
-    pub grants: &'a Grants,
+    /// The request's grants and what its handles hold.
+    pub state: &'a mut RequestState,
     pub metrics: &'a Metrics,
 }
 
@@ -57,18 +59,43 @@ impl KeyValueView<'_> {
         &mut self,
         name: &str,
     ) -> wasmtime::Result<std::result::Result<Resource<Bucket>, KvError>> {
-        match open(self.grants, name, self.metrics) {
-            Ok(store) => Ok(Ok(self.table.push(Bucket {
-                store,
-                cursors: Vec::new(),
-            })?)),
-            Err(e) => Ok(Err(e)),
+        let store = match open(&self.state.grants, name, self.metrics) {
+            Ok(store) => store,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = self
+            .state
+            .hold(&store, HANDLE_BYTES, "another bucket handle")
+        {
+            return Ok(Err(e));
         }
+        Ok(Ok(self.table.push(Bucket {
+            store,
+            cursors: Vec::new(),
+            held: HANDLE_BYTES,
+        })?))
+    }
+
+    /// Drops a `bucket` resource and what it held (both interface versions).
+    pub(super) fn drop_bucket(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        let bucket = self.table.delete(bucket)?;
+        self.state.release(&bucket.store, bucket.held);
+        Ok(())
     }
 
     /// The store behind a `bucket` resource (both interface versions).
     pub(super) fn store_of(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<Arc<Store>> {
         Ok(self.table.get(bucket)?.store.clone())
+    }
+
+    /// The store behind a `bucket` resource and the room left for a result from it.
+    pub(super) fn store_and_room(
+        &self,
+        bucket: &Resource<Bucket>,
+    ) -> wasmtime::Result<(Arc<Store>, usize)> {
+        let store = self.store_of(bucket)?;
+        let room = self.state.room(&store);
+        Ok((store, room))
     }
 }
 
@@ -80,8 +107,8 @@ impl store::Host for KeyValueView<'_> {
 
 impl store::HostBucket for KeyValueView<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>> {
-        let store = self.store_of(&bucket)?;
-        Ok(store.get(&key).await.map_err(error))
+        let (store, room) = self.store_and_room(&bucket)?;
+        Ok(store.get(&key, room).await.map_err(error))
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<()> {
@@ -117,14 +144,21 @@ impl store::HostBucket for KeyValueView<'_> {
                 None => return Ok(Err(store::Error::Other(format!("unknown cursor {n}")))),
             },
         };
-        let page = match store.list_keys(after.as_deref()).await {
+        let room = self.state.room(&store);
+        let page = match store.list_keys(after.as_deref(), room).await {
             Ok(page) => page,
             Err(e) => return Ok(Err(error(e))),
         };
         let cursor = match page.cursor {
             Some(next) => {
+                // The cursor stays in the bucket until it is dropped: it counts as held.
+                let bytes = next.len();
+                if let Err(e) = self.state.hold(&store, bytes, "another list-keys cursor") {
+                    return Ok(Err(error(e)));
+                }
                 let open = self.table.get_mut(&bucket)?;
                 open.cursors.push(next);
+                open.held += bytes;
                 Some(open.cursors.len() as u64)
             }
             None => None,
@@ -136,8 +170,7 @@ impl store::HostBucket for KeyValueView<'_> {
     }
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
+        self.drop_bucket(bucket)
     }
 }
 
@@ -154,11 +187,17 @@ impl atomics::Host for KeyValueView<'_> {
                 "the delta is larger than a 64-bit signed counter".into(),
             )));
         };
-        Ok(match store.increment(&key, delta).await {
-            Ok(value) => u64::try_from(value)
-                .map_err(|_| store::Error::Other("the counter is negative".into())),
-            Err(e) => Err(error(e)),
-        })
+        // The check that the counter stays unsigned comes before the write.
+        Ok(
+            match store
+                .increment(&key, delta, CounterRange::NonNegative)
+                .await
+            {
+                Ok(value) => u64::try_from(value)
+                    .map_err(|_| store::Error::Other("the counter is negative".into())),
+                Err(e) => Err(error(e)),
+            },
+        )
     }
 }
 
@@ -168,9 +207,9 @@ impl batch::Host for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>> {
-        let store = self.store_of(&bucket)?;
+        let (store, room) = self.store_and_room(&bucket)?;
         Ok(store
-            .get_many(keys)
+            .get_many(keys, room)
             .await
             .map(|values| values.into_iter().map(|(k, v)| v.map(|v| (k, v))).collect())
             .map_err(error))

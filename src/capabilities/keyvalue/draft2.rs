@@ -2,8 +2,9 @@
 //! components import. Cursors are strings; `cas` captures a key's value when it is created, and
 //! `swap` succeeds only if the value is still that one, else it hands back a fresh `cas`.
 
+use super::backend::CounterRange;
 use super::draft::KeyValueView;
-use super::{Bucket, KvError};
+use super::{Bucket, HANDLE_BYTES, KvError};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource};
 
@@ -21,11 +22,48 @@ mod bindings {
 
 use bindings::wasi::keyvalue::{atomics, batch, store};
 
-/// A `cas` resource: a key and the value it had when the handle was made.
+/// A `cas` resource: a key and the value it had when the handle was made. Its bytes count
+/// against the request's `max_request_bytes` until it is dropped or swapped.
 pub struct Cas {
     store: Arc<super::Store>,
     key: String,
     seen: Option<Vec<u8>>,
+}
+
+impl Cas {
+    fn bytes(&self) -> usize {
+        HANDLE_BYTES + self.key.len() + self.seen.as_ref().map_or(0, Vec::len)
+    }
+}
+
+impl KeyValueView<'_> {
+    /// Makes a `cas` handle on `key`'s current value, if the request has room to hold it.
+    async fn new_cas(
+        &mut self,
+        store: Arc<super::Store>,
+        key: String,
+    ) -> wasmtime::Result<std::result::Result<Resource<Cas>, KvError>> {
+        // Read whole (one value, at most what the store holds), then kept only if it fits.
+        let seen = match store.fetch(&key).await {
+            Ok(seen) => seen,
+            Err(e) => return Ok(Err(e)),
+        };
+        let cas = Cas { store, key, seen };
+        if let Err(e) = self
+            .state
+            .hold(&cas.store, cas.bytes(), "another cas handle")
+        {
+            return Ok(Err(e));
+        }
+        Ok(Ok(self.table.push(cas)?))
+    }
+
+    /// Drops a `cas` resource and stops counting its bytes.
+    fn take_cas(&mut self, cas: Resource<Cas>) -> wasmtime::Result<Cas> {
+        let cas = self.table.delete(cas)?;
+        self.state.release(&cas.store, cas.bytes());
+        Ok(cas)
+    }
 }
 
 struct Draft2;
@@ -62,8 +100,8 @@ impl store::Host for KeyValueView<'_> {
 
 impl store::HostBucket for KeyValueView<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>> {
-        let store = self.store_of(&bucket)?;
-        Ok(store.get(&key).await.map_err(error))
+        let (store, room) = self.store_and_room(&bucket)?;
+        Ok(store.get(&key, room).await.map_err(error))
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<()> {
@@ -86,9 +124,9 @@ impl store::HostBucket for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<String>,
     ) -> Result<store::KeyResponse> {
-        let store = self.store_of(&bucket)?;
+        let (store, room) = self.store_and_room(&bucket)?;
         Ok(store
-            .list_keys(cursor.as_deref())
+            .list_keys(cursor.as_deref(), room)
             .await
             .map(|page| store::KeyResponse {
                 keys: page.keys,
@@ -98,27 +136,28 @@ impl store::HostBucket for KeyValueView<'_> {
     }
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
+        self.drop_bucket(bucket)
     }
 }
 
 impl atomics::HostCas for KeyValueView<'_> {
     async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Resource<Cas>> {
         let store = self.store_of(&bucket)?;
-        let seen = match store.get(&key).await {
-            Ok(seen) => seen,
-            Err(e) => return Ok(Err(error(e))),
-        };
-        Ok(Ok(self.table.push(Cas { store, key, seen })?))
+        Ok(self.new_cas(store, key).await?.map_err(error))
     }
 
     async fn current(&mut self, cas: Resource<Cas>) -> Result<Option<Vec<u8>>> {
-        Ok(Ok(self.table.get(&cas)?.seen.clone()))
+        let cas = self.table.get(&cas)?;
+        // The copy handed to the guest is held next to the handle's own.
+        let size = cas.seen.as_ref().map_or(0, Vec::len);
+        if size > self.state.room(&cas.store) {
+            return Ok(Err(error(cas.store.over_request_bytes("the cas value"))));
+        }
+        Ok(Ok(cas.seen.clone()))
     }
 
     async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
-        self.table.delete(cas)?;
+        self.take_cas(cas)?;
         Ok(())
     }
 }
@@ -131,7 +170,10 @@ impl atomics::Host for KeyValueView<'_> {
         delta: i64,
     ) -> Result<i64> {
         let store = self.store_of(&bucket)?;
-        Ok(store.increment(&key, delta).await.map_err(error))
+        Ok(store
+            .increment(&key, delta, CounterRange::Any)
+            .await
+            .map_err(error))
     }
 
     async fn swap(
@@ -139,17 +181,16 @@ impl atomics::Host for KeyValueView<'_> {
         cas: Resource<Cas>,
         value: Vec<u8>,
     ) -> wasmtime::Result<std::result::Result<(), atomics::CasError>> {
-        let Cas { store, key, seen } = self.table.delete(cas)?;
+        let Cas { store, key, seen } = self.take_cas(cas)?;
         match store.compare_and_swap(&key, seen.as_deref(), &value).await {
             Ok(true) => Ok(Ok(())),
             Ok(false) => {
                 // Someone else changed it: hand back a handle on the value as it is now.
-                let seen = match store.get(&key).await {
-                    Ok(seen) => seen,
-                    Err(e) => return Ok(Err(atomics::CasError::StoreError(error(e)))),
-                };
-                let fresh = self.table.push(Cas { store, key, seen })?;
-                Ok(Err(atomics::CasError::CasFailed(fresh)))
+                drop(seen);
+                Ok(Err(match self.new_cas(store, key).await? {
+                    Ok(fresh) => atomics::CasError::CasFailed(fresh),
+                    Err(e) => atomics::CasError::StoreError(error(e)),
+                }))
             }
             Err(e) => Ok(Err(atomics::CasError::StoreError(error(e)))),
         }
@@ -162,8 +203,8 @@ impl batch::Host for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>> {
-        let store = self.store_of(&bucket)?;
-        Ok(store.get_many(keys).await.map_err(error))
+        let (store, room) = self.store_and_room(&bucket)?;
+        Ok(store.get_many(keys, room).await.map_err(error))
     }
 
     async fn set_many(

@@ -6,20 +6,28 @@
 //! operation (`wasmgate_keyvalue_operations_total`, `wasmgate_keyvalue_operation_duration_seconds`)
 //! and logs backend failures; the backends only store.
 //!
+//! What the host holds for a guest lives outside the guest's `max_memory`, so it has bounds of
+//! its own: a batch call names at most `max_batch_keys` keys, and one request's values in flight
+//! (what a call returns) plus its open handles (buckets, 0.2.0-draft cursors, draft2 `cas`
+//! values) stay within the store's `max_request_bytes`, tracked per request in [`RequestState`].
+//! A call that would go past it fails with an error naming the setting, before more is copied.
+//!
 //! Two versions of the interface are served on the same stores, so components built for either
 //! platform run unchanged: `wasi:keyvalue@0.2.0-draft` ([`draft`], what wasmCloud's and
 //! wasmtime's components import) and `@0.2.0-draft2` ([`draft2`], what Spin's import).
 
 pub mod backend;
+mod connect;
 pub mod draft;
 pub mod draft2;
 pub mod memory;
 pub mod nats;
+pub mod pool;
 pub mod redb;
 pub mod redis;
 
-use self::backend::{Backend, BackendError, KeyPage};
-use crate::config::{KeyValueBackend, KeyValueConfig};
+use self::backend::{Backend, BackendError, CounterRange, KeyPage};
+use crate::config::{DEFAULT_MEMORY_MAX_TOTAL_SIZE, KeyValueBackend, KeyValueConfig};
 use crate::metrics::{KeyValueOpMetrics, Metrics};
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +37,9 @@ use std::time::Instant;
 
 /// Keys a `list-keys` page holds at most.
 pub const PAGE_SIZE: usize = 1000;
+
+/// What a handle (a bucket or a `cas`) is counted as, besides the data it keeps.
+pub const HANDLE_BYTES: usize = 64;
 
 /// What a guest's keyvalue call can fail with, before it is put in a version's error type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +60,8 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     max_key_size: usize,
     max_value_size: usize,
+    max_batch_keys: usize,
+    max_request_bytes: usize,
     /// Metric handles by [`Op`], resolved when the store is built.
     ops: [KeyValueOpMetrics; Op::ALL.len()],
 }
@@ -112,11 +125,16 @@ impl Stores {
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<Stores> {
         let mut redb_files: HashMap<PathBuf, Arc<::redb::Database>> = HashMap::new();
+        let mut redb_pool: Option<Arc<pool::BlockingPool>> = None;
         let mut stores = BTreeMap::new();
         for (name, store) in config {
             let context = || format!("[keyvalue.{name}]");
             let backend: Arc<dyn Backend> = match store.backend {
-                KeyValueBackend::Memory => Arc::new(memory::MemoryBackend::new()),
+                KeyValueBackend::Memory => Arc::new(memory::MemoryBackend::new(size(
+                    store
+                        .max_total_size
+                        .unwrap_or(DEFAULT_MEMORY_MAX_TOTAL_SIZE),
+                ))),
                 KeyValueBackend::Redb => {
                     let path = resolve(
                         store
@@ -133,8 +151,14 @@ impl Stores {
                             db
                         }
                     };
+                    let pool = match &redb_pool {
+                        Some(pool) => pool.clone(),
+                        None => redb_pool
+                            .insert(redb::pool().context("cannot start the redb thread pool")?)
+                            .clone(),
+                    };
                     Arc::new(
-                        redb::RedbBackend::new(db, name, store.sync_interval)
+                        redb::RedbBackend::new(db, name, store.sync_interval, pool)
                             .with_context(context)?,
                     )
                 }
@@ -164,8 +188,10 @@ impl Stores {
                 name: name.as_str().into(),
                 ops: Op::ALL.map(|op| metrics.keyvalue_op(name, backend.kind(), op.as_str())),
                 backend,
-                max_key_size: usize::try_from(store.max_key_size).unwrap_or(usize::MAX),
-                max_value_size: usize::try_from(store.max_value_size).unwrap_or(usize::MAX),
+                max_key_size: size(store.max_key_size),
+                max_value_size: size(store.max_value_size),
+                max_batch_keys: size(store.max_batch_keys),
+                max_request_bytes: size(store.max_request_bytes),
             };
             stores.insert(name.clone(), Arc::new(store));
         }
@@ -197,6 +223,53 @@ impl Stores {
     }
 }
 
+/// A size from the config as a `usize` (saturating on 32-bit targets).
+fn size(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// The keyvalue side of one request: the stores its route may open, and the bytes its open
+/// handles hold on the host, per store (for `max_request_bytes`).
+pub struct RequestState {
+    grants: Grants,
+    held: HashMap<Arc<str>, usize>,
+}
+
+impl RequestState {
+    pub fn new(grants: Grants) -> RequestState {
+        RequestState {
+            grants,
+            held: HashMap::new(),
+        }
+    }
+
+    /// What this request's handles on `store` hold.
+    fn held(&self, store: &Store) -> usize {
+        self.held.get(&store.name).copied().unwrap_or(0)
+    }
+
+    /// Room left for a call's result next to what the handles hold.
+    pub fn room(&self, store: &Store) -> usize {
+        store.max_request_bytes.saturating_sub(self.held(store))
+    }
+
+    /// Counts `bytes` for a handle until [`release`](Self::release), if they fit.
+    pub fn hold(&mut self, store: &Store, bytes: usize, what: &str) -> Result<(), KvError> {
+        if bytes > self.room(store) {
+            return Err(store.over_request_bytes(what));
+        }
+        *self.held.entry(store.name.clone()).or_default() += bytes;
+        Ok(())
+    }
+
+    /// Stops counting bytes that [`hold`](Self::hold) counted.
+    pub fn release(&mut self, store: &Store, bytes: usize) {
+        if let Some(held) = self.held.get_mut(&store.name) {
+            *held = held.saturating_sub(bytes);
+        }
+    }
+}
+
 /// Opens a store for a guest: only stores granted to the route.
 pub fn open(grants: &Grants, name: &str, metrics: &Metrics) -> Result<Arc<Store>, KvError> {
     match grants.get(name) {
@@ -222,6 +295,33 @@ impl Store {
                 "the key is {} bytes, more than the store's limit of {} bytes",
                 key.len(),
                 self.max_key_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The error for a call that would hold more than `max_request_bytes` for its request.
+    pub fn over_request_bytes(&self, what: &str) -> KvError {
+        KvError::Other(format!(
+            "{what} would take this request past the store's limit of {} bytes held at once \
+             (max_request_bytes): ask for less at a time, or drop cas handles",
+            self.max_request_bytes
+        ))
+    }
+
+    /// Checks that a result of `bytes` fits in `room`.
+    fn check_room(&self, bytes: usize, room: usize, what: &str) -> Result<(), KvError> {
+        if bytes > room {
+            return Err(self.over_request_bytes(what));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, keys: usize) -> Result<(), KvError> {
+        if keys > self.max_batch_keys {
+            return Err(KvError::Other(format!(
+                "the batch names {keys} keys, more than the store's limit of {} (max_batch_keys)",
+                self.max_batch_keys
             )));
         }
         Ok(())
@@ -265,7 +365,15 @@ impl Store {
         result.map_err(KvError::from)
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    /// The value at `key`, if it fits in `room` bytes.
+    pub async fn get(&self, key: &str, room: usize) -> Result<Option<Vec<u8>>, KvError> {
+        let value = self.fetch(key).await?;
+        let size = value.as_ref().map_or(0, Vec::len);
+        self.check_room(size, room, "the value")?;
+        Ok(value)
+    }
+
+    async fn fetch(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
         self.run(Op::Get, self.backend.get(key)).await
     }
@@ -286,14 +394,25 @@ impl Store {
         self.run(Op::Exists, self.backend.exists(key)).await
     }
 
-    pub async fn list_keys(&self, cursor: Option<&str>) -> Result<KeyPage, KvError> {
-        self.run(Op::ListKeys, self.backend.list_keys(cursor, PAGE_SIZE))
-            .await
+    /// A page of keys, if it fits in `room` bytes.
+    pub async fn list_keys(&self, cursor: Option<&str>, room: usize) -> Result<KeyPage, KvError> {
+        let page = self
+            .run(Op::ListKeys, self.backend.list_keys(cursor, PAGE_SIZE))
+            .await?;
+        let size: usize = page.keys.iter().map(String::len).sum::<usize>()
+            + page.cursor.as_ref().map_or(0, String::len);
+        self.check_room(size, room, "the page of keys")?;
+        Ok(page)
     }
 
-    pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+    pub async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: CounterRange,
+    ) -> Result<i64, KvError> {
         self.check_key(key)?;
-        self.run(Op::Increment, self.backend.increment(key, delta))
+        self.run(Op::Increment, self.backend.increment(key, delta, range))
             .await
     }
 
@@ -312,14 +431,22 @@ impl Store {
         .await
     }
 
-    /// `get` for each key in order: each key with its value, if any; stops at the first error.
+    /// `get` for each key in order: each key with its value, if any; stops at the first error,
+    /// and as soon as the values so far take more than `room` bytes.
     pub async fn get_many(
         &self,
         keys: Vec<String>,
+        room: usize,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
+        self.check_batch(keys.len())?;
         let mut values = Vec::with_capacity(keys.len());
+        let mut left = room;
         for key in keys {
-            let value = self.get(&key).await?;
+            let value = self.fetch(&key).await?;
+            let size = key.len() + value.as_ref().map_or(0, Vec::len);
+            left = left
+                .checked_sub(size)
+                .ok_or_else(|| self.over_request_bytes("the values of get-many"))?;
             values.push((key, value));
         }
         Ok(values)
@@ -327,6 +454,7 @@ impl Store {
 
     /// `set` for each pair in order; stops at the first error.
     pub async fn set_many(&self, key_values: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        self.check_batch(key_values.len())?;
         for (key, value) in key_values {
             self.set(&key, &value).await?;
         }
@@ -335,6 +463,7 @@ impl Store {
 
     /// `delete` for each key in order; stops at the first error.
     pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
+        self.check_batch(keys.len())?;
         for key in keys {
             self.delete(&key).await?;
         }
@@ -347,6 +476,8 @@ impl Store {
 pub struct Bucket {
     pub store: Arc<Store>,
     pub cursors: Vec<String>,
+    /// The bytes counted for this handle in its request's [`RequestState`].
+    held: usize,
 }
 
 #[cfg(test)]

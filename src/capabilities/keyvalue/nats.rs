@@ -10,19 +10,27 @@
 //! the revision is unchanged (`update`), or only if the key is absent (`create`), retrying a
 //! lost race after a short random pause: atomic across gateway processes without locks.
 //!
-//! The connection is made on first use; afterwards async-nats reconnects by itself. Every
-//! operation is bounded by a timeout, so while NATS is unreachable the guest gets an error, not
-//! a hang.
+//! The connection is made on first use, one attempt shared by every request that waits for it
+//! ([`SharedConnection`]); afterwards async-nats reconnects by itself. Every operation is bounded
+//! by a timeout, so while NATS is unreachable the guest gets an error, not a hang.
+//!
+//! JetStream cannot list a bucket's keys in order or from a position: it can only deliver all of
+//! them. So the first page of a listing reads every key once, sorts them and keeps that snapshot
+//! ([`Listings`]) for the pages that follow (for up to a minute), instead of reading every key
+//! again for every page: a listing of n keys costs one read of n keys, not n / page of them. A
+//! continuation whose snapshot is gone (expired, or another gateway process served the previous
+//! page) reads the keys afresh and goes on after the cursor, so it is still exact.
 
-use super::backend::{
-    Backend, BackendError, KeyPage, add_counter, page_from_sorted, parse_counter,
-};
+use super::backend::{Backend, BackendError, CounterRange, KeyPage, add_counter, parse_counter};
+use super::connect::SharedConnection;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use std::time::Duration;
-use tokio::sync::OnceCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How long one NATS operation, or connecting, may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,6 +38,14 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_RETRIES: u32 = 200;
 /// The longest pause between two attempts after a lost race.
 const MAX_BACKOFF_MS: u64 = 32;
+/// How long a listing's snapshot of the keys serves its following pages.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
+/// Snapshots kept at once per store (the newest).
+const MAX_SNAPSHOTS: usize = 8;
+/// Keys sorted on the calling task; more are sorted on the blocking pool.
+const SORT_INLINE: usize = 10_000;
+/// The most keys a listing reads; a larger bucket cannot be listed.
+pub const MAX_LISTED_KEYS: usize = 1_000_000;
 
 /// A random pause that grows with the attempts, so contending writers spread out.
 async fn backoff(attempt: u32) {
@@ -42,7 +58,60 @@ pub struct NatsBackend {
     url: String,
     bucket: String,
     create_bucket: bool,
-    store: OnceCell<kv::Store>,
+    store: SharedConnection<kv::Store>,
+    listings: Mutex<Listings>,
+    /// How many times every key of the bucket was read.
+    scans: AtomicU64,
+}
+
+/// The sorted keys of a bucket as one listing read them, and the cursors handed out from them.
+struct Snapshot {
+    taken: Instant,
+    keys: Arc<[String]>,
+    /// Cursor handed out → index of the first key of the next page.
+    next: HashMap<String, usize>,
+}
+
+/// The snapshots of recent listings, newest last.
+#[derive(Default)]
+struct Listings {
+    snapshots: VecDeque<Snapshot>,
+}
+
+impl Listings {
+    /// The newest live snapshot that handed out `cursor`, and where its next page starts. The
+    /// newest, because a snapshot is only good for a listing that started before it was taken.
+    fn find(&mut self, cursor: &str) -> Option<(Arc<[String]>, usize, Instant)> {
+        self.snapshots
+            .retain(|snapshot| snapshot.taken.elapsed() < SNAPSHOT_TTL);
+        self.snapshots.iter().rev().find_map(|snapshot| {
+            let start = *snapshot.next.get(cursor)?;
+            Some((snapshot.keys.clone(), start, snapshot.taken))
+        })
+    }
+
+    /// Remembers that `cursor` continues at `start` in the snapshot `keys` taken at `taken`.
+    fn remember(&mut self, keys: &Arc<[String]>, taken: Instant, cursor: String, start: usize) {
+        let known = self
+            .snapshots
+            .iter_mut()
+            .find(|snapshot| Arc::ptr_eq(&snapshot.keys, keys));
+        match known {
+            Some(snapshot) => {
+                snapshot.next.insert(cursor, start);
+            }
+            None => {
+                self.snapshots.push_back(Snapshot {
+                    taken,
+                    keys: keys.clone(),
+                    next: HashMap::from([(cursor, start)]),
+                });
+                while self.snapshots.len() > MAX_SNAPSHOTS {
+                    self.snapshots.pop_front();
+                }
+            }
+        }
+    }
 }
 
 impl NatsBackend {
@@ -52,35 +121,74 @@ impl NatsBackend {
             url: url.to_string(),
             bucket: bucket.to_string(),
             create_bucket,
-            store: OnceCell::new(),
+            store: SharedConnection::new("nats", TIMEOUT),
+            listings: Mutex::default(),
+            scans: AtomicU64::new(0),
         }
     }
 
-    async fn store(&self) -> Result<&kv::Store, BackendError> {
+    /// How many times every key of the bucket was read (the first page of each listing, and
+    /// continuations whose snapshot was gone).
+    pub fn key_scans(&self) -> u64 {
+        self.scans.load(Ordering::Relaxed)
+    }
+
+    async fn store(&self) -> Result<kv::Store, BackendError> {
+        let (url, bucket, create) = (self.url.clone(), self.bucket.clone(), self.create_bucket);
         self.store
-            .get_or_try_init(|| async {
+            .get(move || async move {
                 let client = async_nats::ConnectOptions::new()
                     .connection_timeout(TIMEOUT)
                     .request_timeout(Some(TIMEOUT))
-                    .connect(self.url.as_str())
+                    .connect(url.as_str())
                     .await
                     .map_err(unavailable)?;
                 let mut jetstream = async_nats::jetstream::new(client.clone());
                 jetstream.set_timeout(TIMEOUT);
-                if let Ok(store) = jetstream.get_key_value(self.bucket.as_str()).await {
+                if let Ok(store) = jetstream.get_key_value(bucket.as_str()).await {
                     return Ok(store);
                 }
-                if !self.create_bucket {
+                if !create {
                     return Err(BackendError::Unavailable(format!(
-                        "nats: bucket `{}` does not exist and create_bucket is off",
-                        self.bucket
+                        "nats: bucket `{bucket}` does not exist and create_bucket is off"
                     )));
                 }
-                create_bucket(&client, &self.bucket).await?;
+                create_bucket(&client, &bucket).await?;
                 // Opened whoever created it: another gateway may have won the race.
-                bounded(jetstream.get_key_value(self.bucket.as_str())).await
+                bounded(jetstream.get_key_value(bucket.as_str())).await
             })
             .await
+    }
+
+    fn listings(&self) -> std::sync::MutexGuard<'_, Listings> {
+        // Nothing panics while the lock is held.
+        self.listings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every key of the bucket, decoded and sorted; each item must come within [`TIMEOUT`].
+    async fn all_keys(&self, store: &kv::Store) -> Result<Vec<String>, BackendError> {
+        self.scans.fetch_add(1, Ordering::Relaxed);
+        let mut stream = bounded(store.keys()).await?;
+        let mut keys = Vec::new();
+        while let Some(encoded) = bounded(stream.try_next()).await? {
+            if keys.len() >= MAX_LISTED_KEYS {
+                return Err(BackendError::Unavailable(format!(
+                    "nats: the bucket has more than {MAX_LISTED_KEYS} keys, more than list-keys reads"
+                )));
+            }
+            keys.extend(decode_key(&encoded));
+        }
+        if keys.len() < SORT_INLINE {
+            keys.sort_unstable();
+            return Ok(keys);
+        }
+        // Sorting a large bucket's keys takes a while: not on a worker thread.
+        tokio::task::spawn_blocking(move || {
+            keys.sort_unstable();
+            keys
+        })
+        .await
+        .map_err(unavailable)
     }
 }
 
@@ -116,13 +224,22 @@ fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(format!("nats: {e}"))
 }
 
+/// A NATS call without an answer in time. The request may have reached the server and been
+/// applied: say so rather than that it failed.
+fn timed_out() -> BackendError {
+    BackendError::Unavailable(format!(
+        "nats: no answer within {}s (a write may still have been applied)",
+        TIMEOUT.as_secs()
+    ))
+}
+
 /// Bounds a NATS call by [`TIMEOUT`].
 async fn bounded<T, E: std::fmt::Display>(
     f: impl Future<Output = Result<T, E>>,
 ) -> Result<T, BackendError> {
     match tokio::time::timeout(TIMEOUT, f).await {
         Ok(result) => result.map_err(unavailable),
-        Err(_) => Err(BackendError::Unavailable("nats: timed out".into())),
+        Err(_) => Err(timed_out()),
     }
 }
 
@@ -198,7 +315,7 @@ async fn write_if_unchanged(
         Ok(Ok(())) => Ok(true),
         Ok(Err((true, _))) => Ok(false),
         Ok(Err((false, e))) => Err(unavailable(e)),
-        Err(_) => Err(BackendError::Unavailable("nats: timed out".into())),
+        Err(_) => Err(timed_out()),
     }
 }
 
@@ -232,28 +349,41 @@ impl Backend for NatsBackend {
     }
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage, BackendError> {
-        let store = self.store().await?;
-        let encoded: Vec<String> = bounded(async {
-            store
-                .keys()
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(anyhow::Error::from)
-        })
-        .await?;
-        let mut keys: Vec<String> = encoded
-            .iter()
-            .filter_map(|k| decode_key(k))
-            .filter(|k| cursor.is_none_or(|c| k.as_str() > c))
-            .collect();
-        keys.sort_unstable();
-        keys.truncate(limit + 1);
-        Ok(page_from_sorted(keys, limit))
+        let known = cursor.and_then(|cursor| self.listings().find(cursor));
+        let (keys, start, taken) = match known {
+            Some(known) => known,
+            None => {
+                let store = self.store().await?;
+                let taken = Instant::now();
+                let keys: Arc<[String]> = self.all_keys(&store).await?.into();
+                let start = match cursor {
+                    Some(cursor) => keys.partition_point(|k| k.as_str() <= cursor),
+                    None => 0,
+                };
+                (keys, start, taken)
+            }
+        };
+        let end = start.saturating_add(limit.max(1)).min(keys.len());
+        let page = keys.get(start..end).unwrap_or_default().to_vec();
+        let cursor = if end < keys.len() {
+            page.last().cloned()
+        } else {
+            None
+        };
+        if let Some(cursor) = &cursor {
+            self.listings().remember(&keys, taken, cursor.clone(), end);
+        }
+        Ok(KeyPage { keys: page, cursor })
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: CounterRange,
+    ) -> Result<i64, BackendError> {
         let store = self.store().await?;
+        let store = &store;
         let key = encode_key(key);
         for attempt in 0..MAX_RETRIES {
             let (value, revision) = entry(store, &key).await?;
@@ -262,7 +392,7 @@ impl Backend for NatsBackend {
                 .map(parse_counter)
                 .transpose()?
                 .unwrap_or(0);
-            let next = add_counter(current, delta)?;
+            let next = add_counter(current, delta, range)?;
             if write_if_unchanged(store, &key, next.to_string().into(), revision).await? {
                 return Ok(next);
             }
@@ -281,19 +411,42 @@ impl Backend for NatsBackend {
     ) -> Result<bool, BackendError> {
         let store = self.store().await?;
         let key = encode_key(key);
-        let (value, revision) = entry(store, &key).await?;
+        let (value, revision) = entry(&store, &key).await?;
         if value.as_deref() != expected {
             return Ok(false);
         }
         // A deleted key has a revision but counts as absent: `create` handles it.
         let revision = if value.is_some() { revision } else { None };
-        write_if_unchanged(store, &key, Bytes::copy_from_slice(new), revision).await
+        write_if_unchanged(&store, &key, Bytes::copy_from_slice(new), revision).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_continuation_uses_the_newest_snapshot_that_handed_out_its_cursor() {
+        let mut listings = Listings::default();
+        let old: Arc<[String]> = vec!["a".to_string(), "b".into(), "c".into()].into();
+        let new: Arc<[String]> = vec!["a".to_string(), "b".into(), "bb".into(), "c".into()].into();
+        let taken = Instant::now();
+        listings.remember(&old, taken, "a".into(), 1);
+        listings.remember(&new, taken, "a".into(), 1);
+        listings.remember(&new, taken, "b".into(), 2);
+        let (keys, start, _) = listings.find("a").unwrap();
+        assert!(Arc::ptr_eq(&keys, &new) && start == 1);
+        assert_eq!(listings.snapshots.len(), 2, "one entry per snapshot");
+        assert!(listings.find("z").is_none());
+        // At most MAX_SNAPSHOTS are kept, the oldest go first.
+        for i in 0..MAX_SNAPSHOTS {
+            let keys: Arc<[String]> = vec![format!("k{i}")].into();
+            listings.remember(&keys, taken, format!("k{i}"), 1);
+        }
+        assert_eq!(listings.snapshots.len(), MAX_SNAPSHOTS);
+        assert!(listings.find("a").is_none());
+        assert!(listings.find("k0").is_some());
+    }
 
     #[test]
     fn keys_round_trip_through_the_nats_alphabet() {

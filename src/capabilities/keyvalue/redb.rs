@@ -3,7 +3,10 @@
 //! Every store is a table in a redb database file; stores configured with the same `path` share
 //! the file (a file can be opened only once per process). Each write is one write transaction,
 //! and an increment or compare-and-swap is atomic because redb serializes write transactions.
-//! redb is blocking, so every operation runs on tokio's blocking pool.
+//! redb is blocking, so every operation runs on the redb stores' own small thread pool
+//! ([`BlockingPool`]: bounded, separate from tokio's blocking pool and its DNS lookups; an
+//! operation that has not started within its queue wait is not done, one that started is
+//! awaited, so a write is never reported failed and then committed).
 //!
 //! Durability is the store's choice (`sync_interval`):
 //! * by default each commit is durable (fsync) before the guest's call returns, so a write the
@@ -14,8 +17,9 @@
 //!   the last interval's writes; the file is never corrupted (redb's commit protocol).
 
 use super::backend::{
-    Backend, BackendError, KeyPage, add_counter, page_from_sorted, parse_counter,
+    Backend, BackendError, CounterRange, KeyPage, add_counter, page_from_sorted, parse_counter,
 };
+use super::pool::BlockingPool;
 use anyhow::Context;
 use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -30,6 +34,26 @@ pub struct RedbBackend {
     table: Arc<str>,
     /// Present when commits are non-durable and synced periodically.
     syncer: Option<Arc<Syncer>>,
+    /// Where every operation runs.
+    pool: Arc<BlockingPool>,
+}
+
+/// Threads of the pool all redb stores share: writes to a file take turns anyway (redb has one
+/// write transaction at a time), reads can run side by side.
+pub const POOL_THREADS: usize = 4;
+/// Operations queued or running at once on that pool.
+pub const POOL_QUEUE: usize = 256;
+/// How long an operation may wait to start before it fails (and is never run).
+pub const POOL_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// The pool the redb stores of a process share.
+pub fn pool() -> anyhow::Result<Arc<BlockingPool>> {
+    Ok(Arc::new(BlockingPool::new(
+        "redb",
+        POOL_THREADS,
+        POOL_QUEUE,
+        POOL_QUEUE_WAIT,
+    )?))
 }
 
 /// Opens (or creates) a database file.
@@ -49,11 +73,13 @@ fn storage(e: impl std::fmt::Display) -> BackendError {
 
 impl RedbBackend {
     /// The store `name` in `db`; creates its table so reads of an empty store work. With
-    /// `sync_interval`, writes are synced in the background (see the module docs).
+    /// `sync_interval`, writes are synced in the background (see the module docs). Operations
+    /// run on `pool`.
     pub fn new(
         db: Arc<Database>,
         name: &str,
         sync_interval: Option<Duration>,
+        pool: Arc<BlockingPool>,
     ) -> anyhow::Result<RedbBackend> {
         let table: Arc<str> = format!("kv:{name}").into();
         let txn = db
@@ -65,52 +91,57 @@ impl RedbBackend {
         let syncer = sync_interval
             .map(|interval| Syncer::start(db.clone(), interval))
             .transpose()?;
-        Ok(RedbBackend { db, table, syncer })
+        Ok(RedbBackend {
+            db,
+            table,
+            syncer,
+            pool,
+        })
     }
 
-    /// Runs a read on the blocking pool.
+    /// Runs a read on the pool.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::ReadOnlyTable<&str, &[u8]>) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let (db, table) = (self.db.clone(), self.table.clone());
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(storage)?;
-            let table = txn
-                .open_table(TableDefinition::<&str, &[u8]>::new(&table))
-                .map_err(storage)?;
-            f(&table)
-        })
-        .await
-        .map_err(storage)?
+        self.pool
+            .run(move || {
+                let txn = db.begin_read().map_err(storage)?;
+                let table = txn
+                    .open_table(TableDefinition::<&str, &[u8]>::new(&table))
+                    .map_err(storage)?;
+                f(&table)
+            })
+            .await
     }
 
-    /// Runs a write transaction on the blocking pool and commits it if `f` succeeds.
+    /// Runs a write transaction on the pool and commits it if `f` succeeds.
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let (db, table) = (self.db.clone(), self.table.clone());
         let syncer = self.syncer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut txn = db.begin_write().map_err(storage)?;
-            if syncer.is_some() {
-                txn.set_durability(Durability::None).map_err(storage)?;
-            }
-            let result = {
-                let mut table = txn
-                    .open_table(TableDefinition::<&str, &[u8]>::new(&table))
-                    .map_err(storage)?;
-                f(&mut table)?
-            };
-            txn.commit().map_err(storage)?;
-            if let Some(syncer) = &syncer {
-                syncer.dirty.store(true, Ordering::Release);
-            }
-            Ok(result)
-        })
-        .await
-        .map_err(storage)?
+        self.pool
+            .run(move || {
+                let mut txn = db.begin_write().map_err(storage)?;
+                if syncer.is_some() {
+                    txn.set_durability(Durability::None).map_err(storage)?;
+                }
+                let result = {
+                    let mut table = txn
+                        .open_table(TableDefinition::<&str, &[u8]>::new(&table))
+                        .map_err(storage)?;
+                    f(&mut table)?
+                };
+                txn.commit().map_err(storage)?;
+                if let Some(syncer) = &syncer {
+                    syncer.dirty.store(true, Ordering::Release);
+                }
+                Ok(result)
+            })
+            .await
     }
 }
 
@@ -226,14 +257,19 @@ impl Backend for RedbBackend {
         .await
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: CounterRange,
+    ) -> Result<i64, BackendError> {
         let key = key.to_string();
         self.write(move |t| {
             let current = match t.get(key.as_str()).map_err(storage)? {
                 Some(v) => parse_counter(v.value())?,
                 None => 0,
             };
-            let next = add_counter(current, delta)?;
+            let next = add_counter(current, delta, range)?;
             t.insert(key.as_str(), next.to_string().as_bytes())
                 .map_err(storage)?;
             Ok(next)

@@ -1,0 +1,297 @@
+//! Loading: the state that lives as long as the process, and the generations built on it.
+//!
+//! A [`Process`] owns what every config shares and a reload keeps: the wasmtime engine and its
+//! epoch ticker, the linker, the keyvalue stores and their connections, the metrics registry and
+//! the process-wide instance slots. [`load`] turns a [`Config`] into a [`Generation`] on that
+//! process: it loads every component once (through the compile cache), composes linked ones,
+//! pre-instantiates each against the linker, and validates the route table. Any error names
+//! the route and the file. Nothing here runs on the request path.
+
+use crate::capabilities::config_store;
+use crate::capabilities::keyvalue::{Grants, Stores};
+use crate::capabilities::logging::LogBudget;
+use crate::capabilities::outbound_http::{Allowlist, OutboundRule, PrivateAddresses, SelfHandle};
+use crate::config::{Config, RouteConfig};
+use crate::generation::{Generation, RequestLimits, Route, Target};
+use crate::metrics::Metrics;
+use crate::router::{RouteSpec, RouteTable};
+use crate::runtime::admission::Admission;
+use crate::runtime::component::{self, Origin};
+use crate::runtime::engine::{Allocator, EpochTicker, InstanceSlots, build_engine};
+use crate::runtime::instance::{ComponentRoute, HostState, RouteSettings, linker};
+use crate::runtime::linking;
+use anyhow::Context;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// What lives for the whole process, whatever generation is serving.
+pub struct Process {
+    engine: wasmtime::Engine,
+    linker: Linker<HostState>,
+    stores: Stores,
+    metrics: Arc<Metrics>,
+    instances: InstanceSlots,
+    /// Which allocator the engine ended up with.
+    pub allocator: Allocator,
+    _ticker: EpochTicker,
+}
+
+impl Process {
+    /// Creates the engine, its ticker and linker, the instance slots and the keyvalue stores
+    /// `config` declares.
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Process> {
+        let (engine, allocator) = build_engine(&config.engine)?;
+        let instances = InstanceSlots::new(config.engine.max_instances);
+        let linker = linker(&engine)?;
+        let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
+        let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick);
+        Ok(Process {
+            engine,
+            linker,
+            stores,
+            metrics,
+            instances,
+            allocator,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+/// Builds the generation `config` describes on `process`; see the module docs. `self_handle`
+/// is how its components reach the gateway at `http://self`.
+pub fn load(
+    process: &Process,
+    config: &Config,
+    self_handle: &SelfHandle,
+) -> anyhow::Result<Generation> {
+    for name in config.unused_components() {
+        tracing::warn!(
+            component = name,
+            "[component.{name}] is declared but no route links to it, directly or through \
+             other components; it is not loaded"
+        );
+    }
+    // Each distinct component file (with the same links) is loaded once, however many routes
+    // use it.
+    let mut loaded: HashMap<(PathBuf, &BTreeMap<String, String>), ProxyPre<HostState>> =
+        HashMap::new();
+    let mut components = Vec::new();
+    let mut specs = Vec::with_capacity(config.routes.len());
+    for (index, route) in config.routes.iter().enumerate() {
+        let name = route.describe(index);
+        let path = config.resolve(&route.component);
+        let key = (path.clone(), &route.links);
+        let pre = match loaded.get(&key) {
+            Some(pre) => pre.clone(),
+            None => {
+                let (pre, origin) =
+                    load_route_component(config, route, &process.engine, &process.linker)
+                        .map_err(|e| with_build_hint(e, &path))
+                        .with_context(|| name.clone())?;
+                components.push((path.clone(), origin));
+                loaded.insert(key, pre.clone());
+                pre
+            }
+        };
+        let grants = process
+            .stores
+            .grants(&route.keyvalue)
+            .with_context(|| name.clone())?;
+        let metrics = process.metrics.route(&route.label());
+        let component = component_route(
+            config,
+            route,
+            pre,
+            grants,
+            self_handle.clone(),
+            metrics.clone(),
+            &process.instances,
+        )
+        .with_context(|| name.clone())?;
+        specs.push(RouteSpec {
+            host: route.host.clone(),
+            path: route.path.clone(),
+            methods: route.methods.clone(),
+            target: Arc::new(Route {
+                metrics,
+                private: route.private,
+                target: Target::Component(Arc::new(component)),
+            }),
+        });
+    }
+    let routes = RouteTable::new(specs)
+        .map_err(|(index, e)| anyhow::anyhow!("{}: {e}", config.routes[index].describe(index)))?;
+    Ok(Generation {
+        routes,
+        components,
+        limits: RequestLimits {
+            max_request_body: config.server.max_request_body,
+            body_read_timeout: config.server.body_read_timeout,
+            max_header_bytes: config.server.max_header_bytes,
+        },
+    })
+}
+
+/// The route's component, composed with the components it links to if it has `links`, compiled
+/// and pre-instantiated.
+fn load_route_component(
+    config: &Config,
+    route: &RouteConfig,
+    engine: &wasmtime::Engine,
+    linker: &Linker<HostState>,
+) -> anyhow::Result<(ProxyPre<HostState>, Origin)> {
+    let path = config.resolve(&route.component);
+    let cache_dir = config.cache_dir();
+    let in_context = |e: anyhow::Error| e.context(format!("component {}", path.display()));
+    if route.links.is_empty() {
+        let (component, origin) = component::load(engine, &path, cache_dir.as_deref())?;
+        let pre = pre_instantiate(linker, &component, None).map_err(in_context)?;
+        return Ok((pre, origin));
+    }
+    let composition = linking::compose(&path, &route.links, &config.components, &|p| {
+        config.resolve(p)
+    })?;
+    let providers: Vec<&str> = route.links.values().map(String::as_str).collect();
+    let label = format!("{} linked to {}", path.display(), providers.join(", "));
+    let (component, origin) =
+        component::compile_cached(engine, &composition.bytes, &label, cache_dir.as_deref())?;
+    let pre = pre_instantiate(linker, &component, Some(&composition)).map_err(in_context)?;
+    Ok((pre, origin))
+}
+
+/// Pre-instantiates a component; the errors say which import or export is the problem.
+fn pre_instantiate(
+    linker: &Linker<HostState>,
+    component: &Component,
+    composition: Option<&linking::Composition>,
+) -> anyhow::Result<ProxyPre<HostState>> {
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| unsupplied_import(component, linker.engine(), composition, &e))?;
+    ProxyPre::new(pre).map_err(|e| {
+        anyhow::anyhow!("it does not export `wasi:http/incoming-handler` (WASI 0.2), so it cannot serve HTTP: {e:#}")
+    })
+}
+
+/// Names the import that neither the host nor a link supplies, which component imports it, and
+/// how to supply it.
+fn unsupplied_import(
+    component: &Component,
+    engine: &wasmtime::Engine,
+    composition: Option<&linking::Composition>,
+    error: &wasmtime::Error,
+) -> anyhow::Error {
+    let text = format!("{error:#}");
+    let import = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .find(|name| text.contains(&format!("`{name}`")));
+    let provided = "wasmgate provides WASI 0.2, wasi:http, wasi:keyvalue 0.2.0-draft and \
+                    -draft2, wasi:logging 0.1.0-draft and wasi:config 0.2.0-draft";
+    let Some(import) = import.filter(|_| text.contains("matching implementation was not found"))
+    else {
+        return anyhow::anyhow!(
+            "it cannot be linked against what the gateway provides: {text} ({provided})"
+        );
+    };
+    let importers = composition.map_or(&[][..], |c| c.importers_of(&import));
+    let (who, add_to) = match importers {
+        [] => ("it imports".to_string(), "the route".to_string()),
+        [one] if one == linking::ROUTE_COMPONENT => {
+            ("it imports".to_string(), "the route".to_string())
+        }
+        [one, ..] => (
+            format!("{} imports", importers.join(" and ")),
+            one.replace(linking::ROUTE_COMPONENT, "the route"),
+        ),
+    };
+    anyhow::anyhow!(
+        "{who} `{import}`, which neither the gateway nor a link supplies ({provided}; to link an \
+         interface that another component exports, declare that one as [component.NAME] and \
+         add `links = {{ \"{import}\" = \"NAME\" }}` to {add_to})"
+    )
+}
+
+fn component_route(
+    config: &Config,
+    route: &RouteConfig,
+    pre: ProxyPre<HostState>,
+    keyvalue: Grants,
+    self_handle: SelfHandle,
+    metrics: Arc<crate::metrics::RouteMetrics>,
+    instances: &InstanceSlots,
+) -> anyhow::Result<ComponentRoute> {
+    let outbound = Allowlist {
+        rules: route
+            .allowed_outbound_hosts
+            .iter()
+            .map(|rule| OutboundRule::parse(rule).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        admin: config.admin.listen,
+        private: if config.server.outbound_deny_private {
+            PrivateAddresses::Deny
+        } else {
+            PrivateAddresses::Allow
+        },
+    };
+    let max_memory = route
+        .max_memory
+        .unwrap_or(config.engine.max_instance_memory);
+    let file = route.component.file_name().map_or_else(
+        || route.component.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let providers: std::collections::BTreeSet<&String> = route.links.values().collect();
+    let linked: String = providers.iter().map(|name| format!("+{name}")).collect();
+    let settings = RouteSettings {
+        name: route.label().into(),
+        component: format!("{file}{linked}").into(),
+        env: route
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        outbound: outbound.into(),
+        timeout: route.timeout.unwrap_or(config.server.request_timeout),
+        max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+        admission: Admission::new(
+            route.max_concurrency,
+            route.queue_size.unwrap_or(route.max_concurrency),
+            route.queue_timeout,
+        ),
+        instances: instances.clone(),
+        keyvalue,
+        config: config_store::resolve(&route.config, |name| std::env::var(name).ok())?,
+        self_handle,
+        log_budget: LogBudget::new(
+            config.logging.max_guest_messages,
+            config.logging.max_guest_bytes,
+        ),
+    };
+    Ok(ComponentRoute::new(settings, pre, metrics))
+}
+
+/// Adds how to build the example guests to a "file not found" for one of them.
+fn with_build_hint(error: anyhow::Error, path: &std::path::Path) -> anyhow::Error {
+    let missing = error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    });
+    if missing && path.components().any(|c| c.as_os_str() == "wasm32-wasip2") {
+        error.context(
+            "the example guests are not built: run `rustup target add wasm32-wasip2` and then \
+             `cargo build --release` in the guests/ directory (building wasmgate does this for you \
+             once the target is installed)",
+        )
+    } else {
+        error
+    }
+}

@@ -1,0 +1,341 @@
+//! One client connection's life: the limits that keep idle, silent and slow peers from holding
+//! the gateway's connection slots.
+//!
+//! Every connection is in one of two states, as the requests in flight on it say:
+//!
+//! * **busy**, with at least one request whose response has not been fully sent;
+//! * **idle**, with none: before its first request (the protocol sniff, the HTTP/2 preface and
+//!   SETTINGS, the first request's headers) or between requests (keep-alive).
+//!
+//! An idle connection is closed when it stays idle too long: `header_read_timeout` before its
+//! first request, `idle_timeout` after that (HTTP/1.1 is also bounded by hyper's own
+//! `header_read_timeout` while it waits for the next request's headers). It is also the first to
+//! go when the listener is full: a new client asks for room ([`Room`]) and the connection that
+//! has been idle longest closes, so sockets that send nothing cannot lock clients out however
+//! many there are. A busy connection is never evicted.
+//!
+//! Closing is graceful first (HTTP/2 GOAWAY, HTTP/1.1 closes after the current response) and
+//! forced [`FORCE_CLOSE_AFTER`] later. Writes that the peer does not read within
+//! `send_timeout` fail the connection ([`SendTimeout`]).
+
+use crate::body::BoxError;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::server::graceful::GracefulConnection;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, futures::OwnedNotified};
+use tokio::time::{Instant, Sleep};
+
+/// How long a connection asked to close may take to finish gracefully before it is dropped.
+pub const FORCE_CLOSE_AFTER: Duration = Duration::from_secs(1);
+
+/// The idle-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleLimits {
+    /// Before the first request.
+    pub first_request: Duration,
+    /// Between requests.
+    pub between_requests: Duration,
+}
+
+/// Where new clients ask idle connections to make room; the longest-idle connection answers.
+#[derive(Default)]
+pub struct Room(Arc<Notify>);
+
+impl Room {
+    /// Asks the longest-idle connection to close. With no idle connection, the next one to
+    /// become idle closes.
+    pub fn ask(&self) {
+        self.0.notify_one();
+    }
+
+    fn wait(&self) -> OwnedNotified {
+        self.0.clone().notified_owned()
+    }
+}
+
+/// What the connection task and its requests share.
+#[derive(Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// Requests started so far: a request that starts and ends between two looks at
+    /// `in_flight` still counts.
+    started: AtomicUsize,
+    changed: Notify,
+}
+
+impl Activity {
+    /// Marks a request as in flight until the returned guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    fn served(&self) -> bool {
+        self.started.load(Ordering::Acquire) > 0
+    }
+}
+
+/// A request in flight on a connection; see [`Activity::start`].
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request in flight until hyper has sent it or dropped it.
+pub struct InFlightBody<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> InFlightBody<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> InFlightBody<B> {
+        InFlightBody {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for InFlightBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a connection was asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Idle past its limit.
+    Idle,
+    /// Evicted to make room for a new client.
+    Room,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle",
+            CloseReason::Room => "room",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A connection being served, as [`drive`] sees it: a future that can be asked to close.
+///
+/// A trait object, made where the connection's concrete type is known: generic code over
+/// hyper-util's connection bounds inside an `async fn` trips the compiler's higher-ranked
+/// lifetime checks when the future is spawned.
+pub trait Serving: Future<Output = Result<(), BoxError>> + Send {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<C> Serving for C
+where
+    C: GracefulConnection<Error = BoxError> + Send,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// How a connection ended.
+pub enum Ending<T> {
+    /// It ran to its end (by itself, or after being asked to close).
+    Finished(T),
+    /// It was asked to close and did not within [`FORCE_CLOSE_AFTER`]; it was dropped.
+    Dropped,
+}
+
+/// Drives `connection` to its end, closing it gracefully when it idles too long,
+/// when a new client needs room, or when `shutdown` turns true. Returns how it ended and why it
+/// was asked to close, if it was.
+pub async fn drive(
+    mut connection: Pin<Box<dyn Serving>>,
+    activity: Arc<Activity>,
+    limits: IdleLimits,
+    room: &Room,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> (Ending<Result<(), BoxError>>, Option<CloseReason>) {
+    let mut close: Option<CloseReason> = None;
+    // While open: when it will have idled too long (none while busy). Once asked to close: when
+    // it is dropped if it has not closed (none for a shutdown, which has its own grace period).
+    let mut deadline = Some(Instant::now() + limits.first_request);
+    let mut room_wait: Option<Pin<Box<OwnedNotified>>> = None;
+    let timer = std::pin::pin!(tokio::time::sleep(limits.first_request));
+    let mut timer: Pin<&mut Sleep> = timer;
+    loop {
+        if close.is_none() && room_wait.is_none() && activity.idle() {
+            // Queue for eviction, in the order connections became idle.
+            room_wait = Some(Box::pin(room.wait()));
+        }
+        if let Some(deadline) = deadline {
+            timer.as_mut().reset(deadline);
+        }
+        let mut ask_to_close = None;
+        tokio::select! {
+            output = connection.as_mut() => return (Ending::Finished(output), close),
+            _ = activity.changed.notified() => {
+                if close.is_some() {
+                    continue;
+                }
+                if activity.idle() {
+                    let limit = if activity.served() {
+                        limits.between_requests
+                    } else {
+                        limits.first_request
+                    };
+                    deadline = Some(Instant::now() + limit);
+                } else {
+                    deadline = None;
+                    room_wait = None;
+                }
+            }
+            _ = timer.as_mut(), if deadline.is_some() => {
+                if close.is_some() {
+                    return (Ending::Dropped, close);
+                }
+                ask_to_close = Some(CloseReason::Idle);
+            }
+            _ = async { if let Some(wait) = room_wait.as_mut() { wait.await } }, if room_wait.is_some() && close.is_none() => {
+                room_wait = None;
+                if activity.idle() {
+                    ask_to_close = Some(CloseReason::Room);
+                } else {
+                    // It became busy meanwhile: pass the request for room on.
+                    room.ask();
+                }
+            }
+            _ = shutdown.changed(), if close.is_none() => ask_to_close = Some(CloseReason::Shutdown),
+        }
+        if let Some(reason) = ask_to_close {
+            close = Some(reason);
+            room_wait = None;
+            deadline = match reason {
+                CloseReason::Shutdown => None,
+                CloseReason::Idle | CloseReason::Room => Some(Instant::now() + FORCE_CLOSE_AFTER),
+            };
+            connection.as_mut().close_gracefully();
+        }
+    }
+}
+
+/// Fails writes that the peer leaves waiting longer than `timeout`: a client that stops reading
+/// its response cannot hold the connection (and the instance streaming to it) forever.
+pub struct SendTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    /// Running while a write waits for the peer.
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> SendTimeout<T> {
+    pub fn new(inner: T, timeout: Duration) -> SendTimeout<T> {
+        SendTimeout {
+            inner,
+            timeout,
+            waiting: None,
+        }
+    }
+
+    /// After the inner write returned `result`: start, keep or clear the wait.
+    fn check<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if result.is_ready() {
+            self.waiting = None;
+            return result;
+        }
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read the response within send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.check(cx, result)
+    }
+}
