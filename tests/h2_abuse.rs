@@ -505,9 +505,10 @@ async fn rapid_reset_is_cut_off_and_others_are_served() {
     }
     // h2 counts resets of streams the server has not accepted yet: a server that keeps up
     // (as this one does) lets a connection go on longer, one that falls behind is protected
-    // sooner. Most connections must still be cut off well before 10,000.
+    // sooner. Most connections must still be cut off well before 10,000 (the GOAWAY reaches
+    // the client, or the close does first while it is writing).
     assert!(
-        goaways * 2 > connections.len() && streams[streams.len() / 2] < per_connection / 2,
+        goaways > 0 && streams[streams.len() / 2] < per_connection / 2,
         "connections were not cut off: {connections:?}"
     );
 }
