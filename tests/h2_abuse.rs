@@ -4,7 +4,8 @@
 //! Each test attacks one connection (or a few) while a probe keeps asking for `/hello/probe` on
 //! fresh connections, as another client would. It checks what the server did to the attacker
 //! (GOAWAY, refused streams, a 431), that every probe got 200 within [`PROMPT`], that the
-//! process is alive, and that its resident memory grew by less than [`RSS_GROWTH_KIB`].
+//! process is alive, that its resident memory grew by less than [`RSS_GROWTH_KIB`], and that
+//! the gauge of requests in flight is back to zero once the attacker is gone.
 //!
 //! The h2 crate is the client where it can send the attack (rapid reset, huge header lists);
 //! frames are written by hand where a conforming client cannot (a CONTINUATION flood, more
@@ -67,6 +68,16 @@ fn rss_kib(gw: &Gateway) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
+}
+
+/// The sum of `http_server_active_requests` over every route.
+async fn active_requests(gw: &Gateway) -> f64 {
+    gw.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("http_server_active_requests"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// Requests on both protocols so pools, caches and allocator arenas reach their working size
@@ -141,6 +152,18 @@ where
     stop.store(true, Relaxed);
     let probes = probe.await.expect("probe task");
     let after = rss_kib(gw);
+    // Every request the attack started has ended once its connection is gone: the gauge of
+    // requests in flight comes back to zero (no leak through resets or closed connections).
+    let settled = Instant::now();
+    let mut active = active_requests(gw).await;
+    while active != 0.0 && settled.elapsed() < PROMPT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        active = active_requests(gw).await;
+    }
+    assert_eq!(
+        active, 0.0,
+        "{name}: http_server_active_requests is still {active} after the attack"
+    );
     // Served right after the attack too, on both protocols.
     probe_once(gw.addr, 0)
         .await
