@@ -350,11 +350,20 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: SocketAddr) -> Raw {
+        Raw::connect_with(addr, &[]).await
+    }
+
+    /// Connects, sending these SETTINGS (identifier, value).
+    async fn connect_with(addr: SocketAddr, settings: &[(u16, u32)]) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
         let (mut read, mut write) = stream.into_split();
         let mut hello = PREFACE.to_vec();
-        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, value)| [id.to_be_bytes().as_slice(), &value.to_be_bytes()].concat())
+            .collect();
+        hello.extend(frame(SETTINGS, 0, 0, &payload));
         write.write_all(&hello).await.expect("preface");
         let writer = Arc::new(tokio::sync::Mutex::new(write));
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -860,5 +869,86 @@ async fn ping_and_settings_floods_from_a_client_that_never_reads() {
         stalls > 0,
         "the server read {written} bytes of PINGs and SETTINGS from a client that never reads \
          its answers, without pushing back"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow readers: an HTTP/2 client that never opens its flow-control window holds the route's
+// slot and an instance for as long as it likes unless the gateway bounds how long a response
+// may wait for it. (Slow reading over HTTP/1.1 is measured with slowhttptest:
+// loadtests/slowhttp.sh.)
+
+/// Routes for the slow-reader tests: `/stream` with room for two requests at once.
+fn start_slow_reader_gateway() -> Gateway {
+    let routes = format!(
+        r#"
+[[route]]
+path = "/stream"
+component = {streaming}
+max_concurrency = 2
+queue_timeout = "100ms"
+"#,
+        streaming = toml_path(&guest("streaming")),
+    );
+    Gateway::start_with(
+        &routes,
+        Sections {
+            server: "send_timeout = \"2s\"\n".to_string(),
+            ..Sections::default()
+        },
+    )
+}
+
+/// Asks for a small response from `/stream` until it is served (200), for up to `within`;
+/// returns how long it took, or the statuses seen.
+async fn stream_route_served(gw: &Gateway, within: Duration) -> Result<Duration, Vec<u16>> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < within {
+        let request = Request::get(gw.url("/stream?chunks=1&delay_ms=0"))
+            .body(empty())
+            .expect("request");
+        match tokio::time::timeout(PROMPT, http1().request(request)).await {
+            Ok(Ok(response)) if response.status() == StatusCode::OK => {
+                return Ok(started.elapsed());
+            }
+            Ok(Ok(response)) => seen.push(response.status().as_u16()),
+            _ => seen.push(0),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(seen)
+}
+
+/// An HTTP/2 client that sets its initial window to 0 and never sends WINDOW_UPDATE: the
+/// responses wait on flow control, not on a socket write, so `send_timeout` never fires, the
+/// connection is busy (never idle), and the two streams hold the route's slots until the route's
+/// timeout. One connection could hold `max_concurrent_streams` (200) such streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a send deadline that also covers HTTP/2 flow control (a stream whose window \
+            stays closed for send_timeout is reset), see docs/hardening-tools.md"]
+async fn http2_flow_control_stall_does_not_hold_a_route() {
+    let gw = start_slow_reader_gateway();
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let raw = Raw::connect_with(gw.addr, &[(INITIAL_WINDOW_SIZE, 0)]).await;
+    for stream in [1u32, 3] {
+        let block = request_block(gw.addr, "GET", "/stream?chunks=1000000&delay_ms=0");
+        raw.send(&frame(HEADERS, END_STREAM | END_HEADERS, stream, &block))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = stream_route_served(&gw, Duration::from_millis(200)).await;
+    assert!(
+        held.is_err(),
+        "the stalled streams did not take the route's slots"
+    );
+    let freed = stream_route_served(&gw, Duration::from_secs(2 + 5)).await;
+    eprintln!("held: {held:?}; freed: {freed:?}");
+    let seen = format!("{:?}", raw.seen());
+    drop(raw);
+    assert!(
+        freed.is_ok(),
+        "stalled HTTP/2 streams still hold /stream 7 s after send_timeout (2 s): {freed:?}; \
+         the attacker saw {seen}"
     );
 }
