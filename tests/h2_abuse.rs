@@ -591,9 +591,13 @@ async fn continuation_flood_gets_goaway() {
     for (_, _, goaway, _) in &connections {
         *codes.entry(*goaway).or_default() += 1;
     }
-    let most = connections.iter().map(|(_, sent, _, _)| sent).max();
+    let most = connections
+        .iter()
+        .map(|(_, sent, _, _)| *sent)
+        .max()
+        .unwrap_or(0);
     eprintln!(
-        "CONTINUATION flood: {} connections; GOAWAY codes (count): {codes:?}; at most {most:?} \
+        "CONTINUATION flood: {} connections; GOAWAY codes (count): {codes:?}; at most {most} \
          frames written on one connection before the GOAWAY reached the attacker",
         connections.len(),
     );
