@@ -168,6 +168,7 @@ pub fn normalize_authority(authority: &str) -> Result<String, Rejection> {
     if !host.starts_with('[') {
         let name = host.strip_suffix('.').unwrap_or(host);
         if name.is_empty()
+            || name.ends_with('.')
             || name.starts_with('.')
             || name.contains("..")
             || !name.bytes().all(is_reg_name_byte)
@@ -228,6 +229,7 @@ mod tests {
             ".",
             "a..b",
             ".example.com",
+            "example.com..",
             "ex\u{e9}.com",
         ] {
             assert_eq!(host_of(bad), Err(Rejection::BadHost), "{bad:?}");

@@ -52,7 +52,11 @@ async fn an_untrusted_client_cannot_spoof_forwarded_headers_or_its_request_id() 
     assert_eq!(seen(&headers, "x-wasmgate-client-cert-subject"), "");
     let id = headers.get("x-request-id").unwrap().to_str().unwrap();
     assert_ne!(id, "chosen-by-client");
-    assert_eq!(seen(&headers, "x-request-id"), id, "the guest and the client see one id");
+    assert_eq!(
+        seen(&headers, "x-request-id"),
+        id,
+        "the guest and the client see one id"
+    );
     // A traceparent is made for a request that has none, and a valid one is kept.
     assert!(seen(&headers, "traceparent").starts_with("00-"));
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

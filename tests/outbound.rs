@@ -40,6 +40,28 @@ impl Process {
         self.output.lock().unwrap().join("\n")
     }
 
+    /// The first printed line with `text`, waiting for the log writer up to 5 s.
+    fn wait_for_output(&self, text: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self
+                .output
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(text))
+            {
+                return line.clone();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no line with {text:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// GETs `route?url=TARGET` on the outbound guest: (status, body).
     async fn fetch(&self, route: &str, target: &str) -> (StatusCode, String) {
         let (status, _, body) = get(
@@ -210,7 +232,8 @@ async fn a_loopback_rule_with_any_port_cannot_reach_the_admin_port() {
         );
     }
     assert!(
-        gw.output().contains("the address is the admin listener's"),
+        gw.wait_for_output("the address is the admin listener's")
+            .contains("admin listener"),
         "{}",
         gw.output()
     );
@@ -252,7 +275,8 @@ async fn a_wildcard_host_does_not_reach_loopback_while_a_named_one_does() {
         "an IP literal under a wildcard rule is checked the same way"
     );
     assert!(
-        gw.output().contains("resolves to a non-public address"),
+        gw.wait_for_output("resolves to a non-public address")
+            .contains("non-public"),
         "{}",
         gw.output()
     );

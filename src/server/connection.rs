@@ -233,7 +233,10 @@ pub async fn drive(
             }
             _ = async { if let Some(wait) = room_wait.as_mut() { wait.await } }, if room_wait.is_some() && close.is_none() => {
                 room_wait = None;
-                if activity.idle() {
+                if activity.idle() && !activity.served() {
+                    // Not one request yet (silent, or mid-handshake): nothing to finish.
+                    return (Ending::Dropped, Some(CloseReason::Room));
+                } else if activity.idle() {
                     ask_to_close = Some(CloseReason::Room);
                 } else {
                     // It became busy meanwhile: pass the request for room on.
@@ -254,14 +257,25 @@ pub async fn drive(
     }
 }
 
-/// Fails writes that the peer leaves waiting longer than `timeout`: a client that stops reading
-/// its response cannot hold the connection (and the instance streaming to it) forever.
+/// Fails the connection when the peer, once it has made a write wait, does not take
+/// [`MIN_SEND_PROGRESS`] bytes within `timeout`: a client that stops reading its response, or
+/// reads a few bytes now and then (slow read), cannot hold the connection and the instance
+/// streaming to it for longer than that.
 pub struct SendTimeout<T> {
     inner: T,
     timeout: Duration,
-    /// Running while a write waits for the peer.
+    /// Running from the first write that had to wait until the peer has taken
+    /// `MIN_SEND_PROGRESS` bytes.
     waiting: Option<Pin<Box<Sleep>>>,
+    /// Bytes written since `waiting` started.
+    progress: usize,
+    /// Whether the last write had to wait.
+    blocked: bool,
 }
+
+/// How much a slow peer must read per `send_timeout` to keep its connection: 16 KiB (about
+/// 550 bytes/s at the default 30 s).
+pub const MIN_SEND_PROGRESS: usize = 16 << 10;
 
 impl<T> SendTimeout<T> {
     pub fn new(inner: T, timeout: Duration) -> SendTimeout<T> {
@@ -269,31 +283,61 @@ impl<T> SendTimeout<T> {
             inner,
             timeout,
             waiting: None,
+            progress: 0,
+            blocked: false,
         }
     }
 
-    /// After the inner write returned `result`: start, keep or clear the wait.
+    /// After the inner write took `written` bytes and returned
+    /// `result`: start, extend or end the window, or fail the connection.
     fn check<R>(
         &mut self,
         cx: &mut Context<'_>,
+        written: usize,
         result: Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
+        let was_blocked = std::mem::replace(&mut self.blocked, result.is_pending());
+        let expired = self
+            .waiting
+            .as_ref()
+            .is_some_and(|sleep| sleep.is_elapsed());
         if result.is_ready() {
-            self.waiting = None;
+            if self.waiting.is_none() {
+                return result;
+            }
+            self.progress = self.progress.saturating_add(written);
+            if self.progress >= MIN_SEND_PROGRESS || (expired && !was_blocked) {
+                // The peer kept up, or the window is left over from before an idle time.
+                self.waiting = None;
+                self.progress = 0;
+            } else if expired {
+                return too_slow();
+            }
             return result;
+        }
+        if expired {
+            if self.progress < MIN_SEND_PROGRESS {
+                return too_slow();
+            }
+            self.waiting = None;
+            self.progress = 0;
         }
         let timeout = self.timeout;
         let waiting = self
             .waiting
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match waiting.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not read the response within send_timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) if self.progress < MIN_SEND_PROGRESS => too_slow(),
+            _ => Poll::Pending,
         }
     }
+}
+
+fn too_slow<R>() -> Poll<io::Result<R>> {
+    Poll::Ready(Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client did not read enough of the response within send_timeout",
+    )))
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
@@ -313,7 +357,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.check(cx, result)
+        let written = written(&result);
+        self.check(cx, written, result)
     }
 
     fn poll_write_vectored(
@@ -322,7 +367,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.check(cx, result)
+        let written = written(&result);
+        self.check(cx, written, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -330,12 +376,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = Pin::new(&mut self.inner).poll_flush(cx);
-        self.check(cx, result)
+        // A socket's flush does not wait for the peer; only writes count.
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.check(cx, result)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn written(result: &Poll<io::Result<usize>>) -> usize {
+    match result {
+        Poll::Ready(Ok(n)) => *n,
+        _ => 0,
     }
 }
