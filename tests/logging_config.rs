@@ -270,19 +270,6 @@ async fn stdout_and_stderr_share_the_request_budget_and_report_what_was_dropped(
     );
 }
 
-/// Percent-encodes everything but letters and digits.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn start_text(routes: &str) -> Gateway {
     Gateway::start_with(
         routes,
@@ -299,7 +286,7 @@ async fn guest_text_cannot_forge_lines_in_the_text_format() {
     let forged = "legit\nFORGED 2026-01-01T00:00:00Z ERROR fake: \u{1b}[31mred\r\tend";
     let (status, headers, _) = get(
         &http1(),
-        &gw.url(&format!("/log?repeat=0&text={}", encode(forged))),
+        &gw.url(&format!("/log?repeat=0&text={}", percent_encode(forged))),
     )
     .await;
     assert_eq!(status, StatusCode::OK);

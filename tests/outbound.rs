@@ -66,7 +66,7 @@ impl Process {
     async fn fetch(&self, route: &str, target: &str) -> (StatusCode, String) {
         let (status, _, body) = get(
             &http1(),
-            &self.url(&format!("{route}?url={}", encode(target))),
+            &self.url(&format!("{route}?url={}", percent_encode(target))),
         )
         .await;
         (status, body)
@@ -149,19 +149,6 @@ fn try_start(server: &str, routes: &impl Fn(u16, u16) -> String) -> Result<Proce
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(process)
-}
-
-/// Percent-encodes everything but letters and digits.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn route(path: &str, component: &str, allowed: &[String]) -> String {
