@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use wasmgate::config::Config;
 use wasmgate::gateway::Gateway;
 use wasmgate::metrics::Metrics;
+use wasmgate::reload::SetLogLevel;
 use wasmgate::runtime::loader::Process;
 
 /// An edge HTTP gateway that serves WebAssembly components (wasi:http, WASI 0.2).
@@ -75,12 +76,12 @@ fn main() -> ExitCode {
 fn serve(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     // Held until `serve` returns: dropping it writes out the lines still queued.
-    let _log_writer = init_logging(&config, format, Output::NonBlocking);
+    let (_log_writer, set_log_level) = init_logging(&config, format, Output::NonBlocking);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(wasmgate::server::run(config, path))
+    runtime.block_on(wasmgate::server::run(config, path, set_log_level))
 }
 
 fn reload(admin: std::net::SocketAddr) -> anyhow::Result<()> {
@@ -187,19 +188,22 @@ fn init_logging(
     config: &Config,
     format: Option<LogFormat>,
     output: Output,
-) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+) -> (
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+    SetLogLevel,
+) {
     use wasmgate::capabilities::logging::{EscapedFields, non_blocking_stdout};
     let format = format.unwrap_or(match config.logging.format {
         wasmgate::config::LogFormat::Text => LogFormat::Text,
         wasmgate::config::LogFormat::Json => LogFormat::Json,
     });
-    let directives = std::env::var("RUST_LOG")
+    let rust_log = std::env::var("RUST_LOG")
         .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| config.logging.level.clone());
+        .filter(|v| !v.trim().is_empty());
+    let from_env = rust_log.is_some();
+    let directives = rust_log.unwrap_or_else(|| config.logging.level.clone());
     let filter =
-        tracing_subscriber::EnvFilter::try_new(quiet_bindings(&quiet_compiler(&directives)))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        log_filter(&directives).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
@@ -217,11 +221,36 @@ fn init_logging(
         }
     };
     let builder = builder.with_writer(writer);
-    match format {
-        LogFormat::Text => builder.fmt_fields(EscapedFields).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    // The filter can be replaced while running: a config reload applies a new `[logging] level`
+    // unless RUST_LOG set it.
+    macro_rules! init_reloadable {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            let set: SetLogLevel = std::sync::Arc::new(move |level: &str| {
+                anyhow::ensure!(
+                    !from_env,
+                    "RUST_LOG is set, so [logging] level does not apply"
+                );
+                handle
+                    .reload(log_filter(level)?)
+                    .map_err(|e| anyhow::anyhow!("cannot replace the log filter: {e}"))
+            });
+            set
+        }};
     }
-    guard
+    let set = match format {
+        LogFormat::Text => init_reloadable!(builder.fmt_fields(EscapedFields)),
+        LogFormat::Json => init_reloadable!(builder.json().flatten_event(true)),
+    };
+    (guard, set)
+}
+
+/// The filter for a `[logging] level` or `RUST_LOG` value, with the noisy crates held back.
+fn log_filter(directives: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    tracing_subscriber::EnvFilter::try_new(quiet_bindings(&quiet_compiler(directives)))
+        .map_err(|e| anyhow::anyhow!("`{directives}` is not a valid log filter: {e}"))
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //!
 //! Any error keeps the old generation serving and is logged and counted. Settings that a
 //! running process cannot take (listen addresses, connection limits, the engine's pool, the
-//! log format) are reported as needing a restart; the rest of the reload still applies.
+//! log format) are reported as needing a restart; the rest of the reload still applies, the log
+//! level included (unless `RUST_LOG` set it).
 //! Reloads run one at a time.
 
 use crate::config::Config;
@@ -21,6 +22,10 @@ use crate::gateway::Gateway;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// Replaces the process's log filter with a `[logging] level` value (set up by the binary,
+/// which owns the log subscriber).
+pub type SetLogLevel = Arc<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
 
 /// What asked for a reload (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,7 @@ pub struct Reloader {
     path: PathBuf,
     /// The config the process started with: what needs a restart is compared against it.
     started_with: Config,
+    set_log_level: SetLogLevel,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -95,7 +101,12 @@ struct State {
 
 impl Reloader {
     /// A reloader for `gateway`, which serves `config` (read from `path`) as generation 1.
-    pub fn new(gateway: Arc<Gateway>, path: PathBuf, config: Config) -> Reloader {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        path: PathBuf,
+        config: Config,
+        set_log_level: SetLogLevel,
+    ) -> Reloader {
         let metrics = gateway.process().metrics();
         metrics.config_generation.set(1);
         metrics.config_last_success.set(unix_now());
@@ -103,6 +114,7 @@ impl Reloader {
             gateway,
             path,
             started_with: config.clone(),
+            set_log_level,
             state: tokio::sync::Mutex::new(State {
                 generation: 1,
                 live: config,
@@ -127,7 +139,13 @@ impl Reloader {
         let outcome = match built {
             Ok(Ok((config, routes))) => {
                 state.generation += 1;
-                let needs_restart = needs_restart(&self.started_with, &config);
+                let mut needs_restart = needs_restart(&self.started_with, &config);
+                if config.logging.level != state.live.logging.level
+                    && let Err(e) = (self.set_log_level)(&config.logging.level)
+                {
+                    tracing::warn!(error = %format!("{e:#}"), "the new [logging] level was not applied");
+                    needs_restart.push("[logging] level");
+                }
                 state.live = config;
                 metrics.config_generation.set(state.generation as i64);
                 metrics.config_last_success.set(unix_now());
@@ -248,7 +266,6 @@ fn needs_restart(started: &Config, next: &Config) -> Vec<&'static str> {
     check("[engine]", started.engine == next.engine);
     let (a, b) = (&started.logging, &next.logging);
     check("[logging] format", a.format == b.format);
-    check("[logging] level", a.level == b.level);
     check("[logging] buffer_lines", a.buffer_lines == b.buffer_lines);
     changed
 }

@@ -310,3 +310,52 @@ async fn a_route_whose_limits_did_not_change_keeps_its_admission_state() {
     let (status, _, _) = get(&http1(), &gw.url("/one?chunks=1&delay_ms=0")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_reload_applies_a_new_log_level() {
+    let gw = Gateway::start_with(
+        &routes_a(),
+        Sections {
+            rust_log: None,
+            ..Sections::default()
+        },
+    );
+    let (status, headers, _) = get(&http1(), &gw.url("/v")).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = headers
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    gw.wait_for_output(Duration::from_secs(5), |line| {
+        line.contains("wasmgate::access") && line.contains(&before)
+    });
+
+    rewrite(
+        &gw,
+        &config_text(&format!("[logging]\nlevel = \"warn\"\n{}", routes_a()), ""),
+    );
+    let (status, body) = reload(&gw).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.contains("restart"), "{body}");
+    let (_, headers, _) = get(&http1(), &gw.url("/v")).await;
+    let after = headers
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    // A line at warn level comes after the request, so its access line would be there by then.
+    let _ = get(&http1(), &gw.url("/no-such-route")).await;
+    rewrite(&gw, &config_text("no_such_key = 1\n", ""));
+    let _ = reload(&gw).await;
+    gw.wait_for_output(Duration::from_secs(5), |line| {
+        line.contains("reload failed")
+    });
+    assert!(
+        !gw.output().contains(&after),
+        "an info line was logged at level warn:\n{}",
+        gw.output()
+    );
+}

@@ -21,7 +21,7 @@ use crate::config::{Config, DEFAULT_LISTENER, ServerConfig};
 use crate::connection_info::ConnectionInfo;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::reload::{self, Reloader, Trigger};
+use crate::reload::{self, Reloader, SetLogLevel, Trigger};
 use crate::runtime::loader::Process;
 use anyhow::Context;
 use connection::{
@@ -44,7 +44,7 @@ use tokio::sync::{Semaphore, watch};
 ///
 /// The admin port opens first: `/livez` answers at once and `/readyz` turns 200 only once the
 /// first generation is built, so a slow first compile does not fail liveness probes.
-pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> anyhow::Result<()> {
     let hangups = hangup_signals();
     let metrics = Metrics::new();
     let admin_listener = TcpListener::bind(config.admin.listen)
@@ -85,7 +85,12 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             .await
             .context("building the gateway panicked")??;
     }
-    let reloads = Arc::new(Reloader::new(gateway.clone(), path, config.clone()));
+    let reloads = Arc::new(Reloader::new(
+        gateway.clone(),
+        path,
+        config.clone(),
+        set_log_level,
+    ));
     let _ = reloader.set(reloads.clone());
     tokio::spawn(reload_on_hangup(hangups, reloads.clone()));
     tokio::spawn(reload::watch(reloads));
