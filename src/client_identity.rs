@@ -95,6 +95,12 @@ impl ClientPolicy {
         })
     }
 
+    /// Whether `address` is in `[server] trusted_proxies` (a PROXY protocol header is taken
+    /// only from such a peer).
+    pub fn trusts(&self, address: IpAddr) -> bool {
+        self.is_trusted(canonical(address))
+    }
+
     fn is_trusted(&self, address: IpAddr) -> bool {
         self.trusted.iter().any(|cidr| cidr.contains(address))
     }
@@ -293,6 +299,7 @@ mod tests {
             peer,
             client: peer,
             tls: None,
+            redirect: None,
         }
     }
 

@@ -35,6 +35,29 @@ pub struct ConnectionInfo {
     pub client: SocketAddr,
     /// TLS details, on TLS listeners.
     pub tls: Option<TlsInfo>,
+    /// On a cleartext listener with `http_redirect`: where requests no route on the listener
+    /// serves are sent.
+    pub redirect: Option<Arc<Redirect>>,
+}
+
+/// An `http_redirect` target: the scheme and port requests are sent to, with their own host,
+/// path and query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Scheme,
+    /// `None`: the scheme's default port.
+    pub port: Option<u16>,
+}
+
+impl Redirect {
+    /// The `Location` for a request to `host` (normalised as the request guards do it: no
+    /// port, IPv6 in brackets) and `path_and_query`.
+    pub fn location(&self, host: &str, path_and_query: &str) -> String {
+        match self.port {
+            Some(port) => format!("{}://{host}:{port}{path_and_query}", self.scheme.as_str()),
+            None => format!("{}://{host}{path_and_query}", self.scheme.as_str()),
+        }
+    }
 }
 
 /// What the TLS handshake settled.
@@ -66,6 +89,7 @@ impl ConnectionInfo {
             peer,
             client: peer,
             tls: None,
+            redirect: None,
         }
     }
 }

@@ -167,47 +167,57 @@ impl Gateway {
         let visible =
             |route: &Arc<Route>| depth > 0 || (!route.private && route.serves(listener.as_deref()));
         let path = seen.path.clone();
-        let (route, extra_headers) =
-            match generation
-                .routes
-                .lookup(host.as_deref(), &seen.method, &path, visible)
-            {
-                Lookup::Found(found) => {
-                    let mut extra = Vec::with_capacity(found.params.len() + 2);
-                    extra.push((ROUTE_HEADER, header_value(found.template)));
-                    extra.push((PATH_INFO_HEADER, header_value(found.path_info)));
-                    for (name, value) in &found.params {
-                        if let Ok(name) =
-                            HeaderName::try_from(format!("{GATEWAY_HEADER_PREFIX}param-{name}"))
-                        {
-                            extra.push((name, header_value(value)));
-                        }
+        let lookup = generation
+            .routes
+            .lookup(host.as_deref(), &seen.method, &path, visible);
+        // A cleartext listener with `http_redirect` sends what none of its routes serve to the
+        // TLS listener.
+        if !matches!(lookup, Lookup::Found(_))
+            && depth == 0
+            && let Some(redirect) = connection.as_ref().and_then(|c| c.redirect.as_deref())
+            && let Some(host) = host.as_deref()
+        {
+            let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let page = redirect_page(&redirect.location(host, target), &request_id);
+            return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
+        }
+        let (route, extra_headers) = match lookup {
+            Lookup::Found(found) => {
+                let mut extra = Vec::with_capacity(found.params.len() + 2);
+                extra.push((ROUTE_HEADER, header_value(found.template)));
+                extra.push((PATH_INFO_HEADER, header_value(found.path_info)));
+                for (name, value) in &found.params {
+                    if let Ok(name) =
+                        HeaderName::try_from(format!("{GATEWAY_HEADER_PREFIX}param-{name}"))
+                    {
+                        extra.push((name, header_value(value)));
                     }
-                    (found.target.clone(), extra)
                 }
-                Lookup::MethodNotAllowed { allow } => {
-                    let mut response = error_page(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        &request_id,
-                        "this path does not take that method",
-                    );
-                    let allow = allow
-                        .iter()
-                        .map(|m| m.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    response.headers_mut().insert(ALLOW, header_value(&allow));
-                    return self.finish(&generation, &seen, UNMATCHED_ROUTE, response);
-                }
-                Lookup::NotFound => {
-                    let page = error_page(
-                        StatusCode::NOT_FOUND,
-                        &request_id,
-                        "no route matches this request",
-                    );
-                    return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
-                }
-            };
+                (found.target.clone(), extra)
+            }
+            Lookup::MethodNotAllowed { allow } => {
+                let mut response = error_page(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &request_id,
+                    "this path does not take that method",
+                );
+                let allow = allow
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                response.headers_mut().insert(ALLOW, header_value(&allow));
+                return self.finish(&generation, &seen, UNMATCHED_ROUTE, response);
+            }
+            Lookup::NotFound => {
+                let page = error_page(
+                    StatusCode::NOT_FOUND,
+                    &request_id,
+                    "no route matches this request",
+                );
+                return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
+            }
+        };
         let metrics = route.metrics.clone();
         // Decremented when this future ends or is dropped (a client that resets or disconnects).
         let active = GaugeGuard::inc(&metrics.active_requests);
@@ -405,6 +415,21 @@ fn cut_page(why: BodyCut, request_id: &str, http1: bool) -> Response<ResponseBod
         response
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A 308 to `location`: the same method and body, on the listener `http_redirect` names.
+fn redirect_page(location: &str, request_id: &str) -> Response<ResponseBody> {
+    let mut response = error_page(
+        StatusCode::PERMANENT_REDIRECT,
+        request_id,
+        "this listener redirects to its TLS listener",
+    );
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
     }
     response
 }

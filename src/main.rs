@@ -118,13 +118,15 @@ fn reload(admin: std::net::SocketAddr) -> anyhow::Result<()> {
 fn check(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let _log_writer = init_logging(&config, format, Output::Blocking);
+    wasmgate::tls::TlsListeners::check(&config)?;
     let gateway = Gateway::new(Process::for_check(&config, Metrics::new())?);
     let generation = gateway.load(&config)?;
     println!(
-        "{}: OK, {} routes, {} components",
+        "{}: OK, {} routes, {} components, {} listeners",
         path.display(),
         config.routes.len(),
-        generation.components.len()
+        generation.components.len(),
+        config.listeners().len()
     );
     for line in generation.route_lines() {
         println!("  {line}");

@@ -49,6 +49,9 @@ pub struct Metrics {
     keyvalue_duration: HistogramVec,
     guest_log_messages: IntCounterVec,
     config_reloads: IntCounterVec,
+    tls_certificate_reloads: IntCounterVec,
+    tls_certificate_expiry: IntGaugeVec,
+    tls_handshake_failures: IntCounterVec,
     /// The live generation's number: 1 for the config loaded at start, +1 per applied reload.
     pub config_generation: IntGauge,
     /// When the last reload (or the first load) was applied, in seconds since the epoch.
@@ -144,6 +147,21 @@ impl Metrics {
                 "Config reloads by outcome (success, failure).",
                 &["outcome"],
             ),
+            tls_certificate_reloads: counter(
+                "wasmgate_tls_certificate_reloads_total",
+                "TLS listeners' certificates built again (config reload or changed files), by outcome (success, failure: the old certificates stay).",
+                &["outcome"],
+            ),
+            tls_certificate_expiry: gauge(
+                "wasmgate_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate in use expires (its notAfter), in seconds since the Unix epoch; name is the listener, and `listener:first SNI name` for SNI certificates.",
+                &["name"],
+            ),
+            tls_handshake_failures: counter(
+                "wasmgate_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason.",
+                &["reason"],
+            ),
             config_generation: registered(
                 &registry,
                 IntGauge::new(
@@ -185,6 +203,31 @@ impl Metrics {
             ReloadOutcome::Failed(_) => "failure",
         };
         self.config_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a TLS listener's certificates built again.
+    pub fn tls_certificates_reloaded(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.tls_certificate_reloads
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    /// Exports the expiry of every certificate in use (and only those).
+    pub fn tls_certificate_expiry(&self, certificates: &[(String, i64)]) {
+        self.tls_certificate_expiry.reset();
+        for (name, not_after) in certificates {
+            self.tls_certificate_expiry
+                .with_label_values(&[name.as_str()])
+                .set(*not_after);
+        }
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn tls_handshake_failed(&self, reason: crate::tls::HandshakeFailure) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Handles for one route's metrics.

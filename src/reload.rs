@@ -17,8 +17,9 @@
 //! level included (unless `RUST_LOG` set it).
 //! Reloads run one at a time.
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::gateway::Gateway;
+use crate::tls::TlsListeners;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -86,6 +87,8 @@ impl std::fmt::Display for Outcome {
 /// Reloads one gateway's config; see the module docs.
 pub struct Reloader {
     gateway: Arc<Gateway>,
+    /// The TLS listeners, whose certificates a reload replaces.
+    tls: Arc<TlsListeners>,
     path: PathBuf,
     /// The config the process started with: what needs a restart is compared against it.
     started_with: Config,
@@ -103,6 +106,7 @@ impl Reloader {
     /// A reloader for `gateway`, which serves `config` (read from `path`) as generation 1.
     pub fn new(
         gateway: Arc<Gateway>,
+        tls: Arc<TlsListeners>,
         path: PathBuf,
         config: Config,
         set_log_level: SetLogLevel,
@@ -112,6 +116,7 @@ impl Reloader {
         metrics.config_last_success.set(unix_now());
         Reloader {
             gateway,
+            tls,
             path,
             started_with: config.clone(),
             set_log_level,
@@ -128,10 +133,14 @@ impl Reloader {
         tracing::info!(trigger = trigger.as_str(), path = %self.path.display(), "reloading the config");
         let started = std::time::Instant::now();
         let gateway = self.gateway.clone();
+        let tls = self.tls.clone();
         let path = self.path.clone();
         let built = tokio::task::spawn_blocking(move || {
             let config = Config::load(&path)?;
+            // Certificates are built first and put in use only once the generation is.
+            let certificates = tls.prepare(&config)?;
             let generation = gateway.load(&config)?;
+            tls.apply(certificates, &config);
             anyhow::Ok((config, generation.routes.targets().count()))
         })
         .await;
@@ -221,7 +230,7 @@ pub async fn watch(reloader: Arc<Reloader>) {
 }
 
 /// Modification time and size of each file (`None` for one that cannot be read).
-fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+pub(crate) fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
     files.iter().map(|file| stat(file)).collect()
 }
 
@@ -240,6 +249,10 @@ fn needs_restart(started: &Config, next: &Config) -> Vec<&'static str> {
         }
     };
     check("[server] listen", a.listen == b.listen);
+    check(
+        "[[listener]] (names, addresses, proxy_protocol, http_redirect, TLS on or off)",
+        listeners_same(&started.listener_tables, &next.listener_tables),
+    );
     check(
         "[server] max_connections",
         a.max_connections == b.max_connections,
@@ -268,6 +281,19 @@ fn needs_restart(started: &Config, next: &Config) -> Vec<&'static str> {
     check("[logging] format", a.format == b.format);
     check("[logging] buffer_lines", a.buffer_lines == b.buffer_lines);
     changed
+}
+
+/// Whether two listener lists differ only in what a reload applies: TLS certificates and
+/// their settings.
+fn listeners_same(a: &[ListenerConfig], b: &[ListenerConfig]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.name == b.name
+                && a.address == b.address
+                && a.proxy_protocol == b.proxy_protocol
+                && a.http_redirect == b.http_redirect
+                && a.tls.is_some() == b.tls.is_some()
+        })
 }
 
 fn unix_now() -> f64 {

@@ -16,6 +16,7 @@
 //! The table is immutable once built and generic over what a route leads to, so it can be tested
 //! on its own and swapped whole on reload.
 
+use crate::host_pattern::{HostPattern, suffix_matches};
 use http::Method;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -62,11 +63,10 @@ pub struct Match<'a, T> {
     pub path_info: &'a str,
 }
 
+/// A route's host: a pattern, or any host.
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum HostPattern {
-    Exact(String),
-    /// `*.example.com`, stored as `.example.com`.
-    Suffix(String),
+enum RouteHost {
+    Pattern(HostPattern),
     Any,
 }
 
@@ -83,7 +83,7 @@ struct PathPattern {
 }
 
 struct Route<T> {
-    host: HostPattern,
+    host: RouteHost,
     path: PathPattern,
     template: String,
     methods: Option<Vec<Method>>,
@@ -113,45 +113,23 @@ const RANK_PARAM: u8 = 1;
 const RANK_LITERAL: u8 = 2;
 const RANK_END: u8 = 3;
 
-impl HostPattern {
-    fn parse(host: Option<&str>) -> Result<HostPattern, RouteError> {
-        let Some(host) = host else {
-            return Ok(HostPattern::Any);
-        };
-        let err = |problem: &str| RouteError::Host {
-            host: host.to_string(),
-            problem: problem.to_string(),
-        };
-        let lower = host.to_ascii_lowercase();
-        let (name, wildcard) = match lower.strip_prefix("*.") {
-            Some(rest) => (rest, true),
-            None => (lower.as_str(), false),
-        };
-        if name.is_empty() {
-            return Err(err("is empty"));
+impl RouteHost {
+    fn parse(host: Option<&str>) -> Result<RouteHost, RouteError> {
+        match host {
+            None => Ok(RouteHost::Any),
+            Some(host) => HostPattern::parse(host)
+                .map(RouteHost::Pattern)
+                .map_err(|e| RouteError::Host {
+                    host: e.host,
+                    problem: e.problem.to_string(),
+                }),
         }
-        // The same grammar requests' hosts are held to (`guards`), so every route can be
-        // reached; a port, a trailing dot or an empty label is refused.
-        let valid = crate::guards::normalize_authority(name).is_ok_and(|n| n == name)
-            && !name.contains(':')
-            && !name.ends_with('.');
-        if !valid {
-            return Err(err(
-                "must be a host name like `api.example.com` or `*.example.com` (no port, no scheme)",
-            ));
-        }
-        Ok(if wildcard {
-            HostPattern::Suffix(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name.to_string())
-        })
     }
 
     fn rank(&self) -> (u8, usize) {
         match self {
-            HostPattern::Exact(_) => (2, 0),
-            HostPattern::Suffix(suffix) => (1, suffix.len()),
-            HostPattern::Any => (0, 0),
+            RouteHost::Pattern(pattern) => pattern.rank(),
+            RouteHost::Any => (0, 0),
         }
     }
 }
@@ -273,7 +251,7 @@ impl<T> RouteTable<T> {
     pub fn new(specs: Vec<RouteSpec<T>>) -> Result<RouteTable<T>, (usize, RouteError)> {
         let mut routes = Vec::with_capacity(specs.len());
         for (index, spec) in specs.into_iter().enumerate() {
-            let host = HostPattern::parse(spec.host.as_deref()).map_err(|e| (index, e))?;
+            let host = RouteHost::parse(spec.host.as_deref()).map_err(|e| (index, e))?;
             let path = PathPattern::parse(&spec.path).map_err(|e| (index, e))?;
             let methods = match spec.methods {
                 None => None,
@@ -323,11 +301,13 @@ impl<T> RouteTable<T> {
         let mut any_host = Vec::new();
         for (index, route) in routes.iter().enumerate() {
             match &route.host {
-                HostPattern::Exact(host) => exact.entry(host.clone()).or_default().push(index),
-                HostPattern::Suffix(suffix) => {
+                RouteHost::Pattern(HostPattern::Exact(host)) => {
+                    exact.entry(host.clone()).or_default().push(index)
+                }
+                RouteHost::Pattern(HostPattern::Suffix(suffix)) => {
                     suffixes.entry(suffix.clone()).or_default().push(index)
                 }
-                HostPattern::Any => any_host.push(index),
+                RouteHost::Any => any_host.push(index),
             }
         }
         let mut suffixes: Vec<_> = suffixes.into_iter().collect();
@@ -371,7 +351,7 @@ impl<T> RouteTable<T> {
                 candidates.push(indexes);
             }
             for (suffix, indexes) in &self.suffixes {
-                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                if suffix_matches(suffix, host) {
                     candidates.push(indexes);
                 }
             }
@@ -432,12 +412,11 @@ fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
     }
 }
 
-impl fmt::Debug for HostPattern {
+impl fmt::Debug for RouteHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HostPattern::Exact(h) => write!(f, "{h}"),
-            HostPattern::Suffix(s) => write!(f, "*{s}"),
-            HostPattern::Any => write!(f, "*"),
+            RouteHost::Pattern(pattern) => pattern.fmt(f),
+            RouteHost::Any => write!(f, "*"),
         }
     }
 }

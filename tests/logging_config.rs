@@ -394,11 +394,13 @@ async fn a_stdout_nobody_reads_drops_log_lines_and_never_holds_requests() {
     let client = http1();
     let started = std::time::Instant::now();
     loop {
-        let request = http::Request::get(format!("http://127.0.0.1:{admin}/livez"))
+        // Ready once the traffic listener is open (the admin port opens before it).
+        let request = http::Request::get(format!("http://127.0.0.1:{admin}/readyz"))
             .body(empty())
             .unwrap();
-        if let Ok(Ok(_)) =
+        if let Ok(Ok(response)) =
             tokio::time::timeout(Duration::from_secs(1), client.request(request)).await
+            && response.status() == http::StatusCode::OK
         {
             break;
         }

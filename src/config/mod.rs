@@ -14,6 +14,8 @@ pub mod units;
 
 pub use listener::{ListenerConfig, TlsConfig};
 
+use crate::connection_info::{Redirect, Scheme};
+use crate::host_pattern::HostPattern;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -617,9 +619,11 @@ impl Config {
             if listeners[..index].iter().any(|l| &l.name == name) {
                 bail!("[[listener]] `{name}`: two listeners have this name");
             }
-            if listeners[..index]
-                .iter()
-                .any(|l| l.address == listener.address)
+            // Port 0 (any free port, for tests) never collides.
+            if listener.address.port() != 0
+                && listeners[..index]
+                    .iter()
+                    .any(|l| l.address == listener.address)
             {
                 bail!(
                     "[[listener]] `{name}`: address {} is already another listener's",
@@ -632,6 +636,24 @@ impl Config {
                 }
                 redirect_target(redirect)
                     .with_context(|| format!("[[listener]] `{name}`: http_redirect"))?;
+            }
+            if listener.proxy_protocol && self.server.trusted_proxies.is_empty() {
+                bail!(
+                    "[[listener]] `{name}`: proxy_protocol takes the client's address from the \
+                     peer, so [server] trusted_proxies must name the load balancers allowed to \
+                     send it"
+                );
+            }
+            if let Some(tls) = &listener.tls {
+                for entry in &tls.sni {
+                    if entry.names.is_empty() {
+                        bail!("[[listener]] `{name}`: an sni entry has no names");
+                    }
+                    for host in &entry.names {
+                        HostPattern::parse(host)
+                            .with_context(|| format!("[[listener]] `{name}`: sni names"))?;
+                    }
+                }
             }
         }
         for (index, route) in self.routes.iter().enumerate() {
@@ -656,19 +678,21 @@ impl Config {
 
 /// `scheme://[host]:port` of an `http_redirect`: the scheme, and the port (`None`: the
 /// scheme's default). The host part, if any, is ignored: the client's host is kept.
-pub fn redirect_target(text: &str) -> anyhow::Result<(String, Option<u16>)> {
+pub fn redirect_target(text: &str) -> anyhow::Result<Redirect> {
     let (scheme, rest) = text
         .split_once("://")
         .context("must look like \"https://:8443\" (a scheme and an optional port)")?;
-    if scheme != "https" && scheme != "http" {
-        bail!("the scheme must be http or https");
-    }
+    let scheme = match scheme {
+        "https" => Scheme::Https,
+        "http" => Scheme::Http,
+        _ => bail!("the scheme must be http or https"),
+    };
     let rest = rest.trim_end_matches('/');
     let port = match rest.rsplit_once(':') {
         Some((_, port)) => Some(port.parse::<u16>().context("the port must be a number")?),
         None => None,
     };
-    Ok((scheme.to_string(), port))
+    Ok(Redirect { scheme, port })
 }
 
 /// A CIDR block (`10.0.0.0/8`, `fd00::/8`) or a single address, as (network, prefix length).
@@ -911,7 +935,10 @@ mod tests {
         assert!(refusal(redirect).contains("http_redirect"));
         assert_eq!(
             redirect_target("https://:8443").unwrap(),
-            ("https".into(), Some(8443))
+            Redirect {
+                scheme: Scheme::Https,
+                port: Some(8443)
+            }
         );
         assert!(
             refusal("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").contains("prefix length")

@@ -55,7 +55,7 @@ impl Room {
         self.0.notify_one();
     }
 
-    fn wait(&self) -> OwnedNotified {
+    pub(crate) fn wait(&self) -> OwnedNotified {
         self.0.clone().notified_owned()
     }
 }

@@ -1,7 +1,9 @@
-//! The listeners: accepting connections, speaking HTTP/1.1 and HTTP/2, and shutting down.
+//! The server: its listeners, speaking HTTP/1.1 and HTTP/2, and shutting down.
 //!
-//! One port serves HTTP/1.1 (keep-alive) and HTTP/2 with prior knowledge, through hyper-util's
-//! auto connection builder. A timer is installed so `header_read_timeout` is enforced (hyper
+//! Each listener (`[[listener]]`, or `[server] listen` alone) is cleartext or TLS
+//! ([`listener`], `crate::tls`), optionally behind a PROXY protocol load balancer
+//! ([`proxy_protocol`]). A cleartext port serves HTTP/1.1 (keep-alive) and HTTP/2 with prior
+//! knowledge through hyper-util's auto connection builder; a TLS port speaks what ALPN chose. A timer is installed so `header_read_timeout` is enforced (hyper
 //! ignores timeouts without one); `max_header_bytes` bounds hyper's header buffer (HTTP/1.1) and
 //! header list (HTTP/2), and the gateway checks it again exactly. At `max_connections`, a new
 //! client makes the longest-idle connection close; when every connection is busy, new clients
@@ -9,30 +11,28 @@
 //!
 //! Each connection's life, and the limits on idle, silent and slow peers, are in [`connection`].
 //!
-//! On SIGTERM or SIGINT: `/readyz` starts failing at once, the listener keeps accepting for
-//! `shutdown_delay` and then closes, open connections finish their in-flight requests (HTTP/1.1
+//! On SIGTERM or SIGINT: `/readyz` starts failing at once, the listeners keep accepting for
+//! `shutdown_delay` and then close, open connections finish their in-flight requests (HTTP/1.1
 //! closes after the current response, HTTP/2 sends GOAWAY) for up to `shutdown_grace`, and the
 //! process exits 0. SIGHUP reloads the config (`crate::reload`).
 
 pub mod connection;
+pub mod listener;
+pub mod proxy_protocol;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, DEFAULT_LISTENER, ServerConfig};
-use crate::connection_info::ConnectionInfo;
+use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::reload::{self, Reloader, SetLogLevel, Trigger};
 use crate::runtime::loader::Process;
+use crate::tls::TlsListeners;
 use anyhow::Context;
-use connection::{
-    Activity, CloseReason, Ending, IdleLimits, InFlightBody, Room, SendTimeout, Serving,
-};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use connection::{IdleLimits, Room};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
+use listener::{Builders, Connections, Listener};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +51,7 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
         .await
         .with_context(|| format!("cannot listen on {} ([admin] listen)", config.admin.listen))?;
     let admin_address = admin_listener.local_addr()?;
+    let tls = TlsListeners::start(&config, metrics.clone())?;
 
     let process = {
         let config = config.clone();
@@ -87,6 +88,7 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
     }
     let reloads = Arc::new(Reloader::new(
         gateway.clone(),
+        tls.clone(),
         path,
         config.clone(),
         set_log_level,
@@ -94,21 +96,22 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
     let _ = reloader.set(reloads.clone());
     tokio::spawn(reload_on_hangup(hangups, reloads.clone()));
     tokio::spawn(reload::watch(reloads));
+    tokio::spawn(tls.clone().watch());
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} ([server] listen)",
-                config.server.listen
-            )
-        })?;
-    let address = listener.local_addr()?;
+    let mut listeners = Vec::new();
+    for listener in config.listeners() {
+        listeners.push(Listener::bind(&listener, &tls).await?);
+    }
+    let described = listeners
+        .iter()
+        .map(Listener::describe)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     ready.store(true, Ordering::Release);
 
     tracing::info!(
         routes = config.routes.len(),
-        "serving HTTP on http://{address} (admin endpoints on http://{admin_address})"
+        "serving HTTP on {} (admin endpoints on http://{admin_address})",
+        described.join(", ")
     );
     let delay = config.server.shutdown_delay;
     let stop_accepting = {
@@ -127,7 +130,14 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
             }
         }
     };
-    let connections = serve_connections(listener, gateway, &config.server, stop_accepting).await;
+    let connections = serve_connections(
+        listeners,
+        gateway,
+        metrics.clone(),
+        &config.server,
+        stop_accepting,
+    )
+    .await;
 
     tracing::info!(
         grace_seconds = config.server.shutdown_grace.as_secs_f64(),
@@ -159,89 +169,49 @@ impl OpenConnections {
     }
 }
 
-/// Accepts and serves connections until `stop` resolves; returns the open connections.
+/// Accepts and serves connections on every listener until `stop` resolves; returns the open
+/// connections.
 ///
-/// At `max_connections`, a new client is accepted and asks the longest-idle connection to make
-/// room (`connection::Room`); it waits for a slot only when every connection is busy.
+/// The listeners share `max_connections`: at the limit, a new client on any of them is
+/// accepted and asks the longest-idle connection to make room (`connection::Room`); it waits
+/// for a slot only when every connection is busy.
 async fn serve_connections(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
     limits: &ServerConfig,
     stop: impl Future<Output = ()>,
 ) -> OpenConnections {
-    let builder = connection_builder(limits);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
-    let room = Arc::new(Room::default());
-    let idle = IdleLimits {
-        first_request: limits.header_read_timeout,
-        between_requests: limits.idle_timeout,
-    };
-    let send_timeout = limits.send_timeout;
-    let listener_name: Arc<str> = DEFAULT_LISTENER.into();
-    tokio::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let slot = match connection_slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                room.ask();
-                tokio::select! {
-                    _ = &mut stop => break,
-                    slot = connection_slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                }
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::default());
-        let info = Arc::new(ConnectionInfo::plain(listener_name.clone(), peer));
-        let service = {
-            let gateway = gateway.clone();
-            let activity = activity.clone();
-            service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(info.clone());
-                let gateway = gateway.clone();
-                let in_flight = activity.start();
-                async move {
-                    let response = gateway.handle(request).await;
-                    Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
-                }
-            })
-        };
-        let io = TokioIo::new(SendTimeout::new(stream, send_timeout));
-        let connection: Pin<Box<dyn Serving>> =
-            Box::pin(builder.serve_connection(io, service).into_owned());
-        let room = room.clone();
-        let shutdown = shutdown_rx.clone();
-        tokio::spawn(async move {
-            let (ending, closed) =
-                connection::drive(connection, activity, idle, &room, shutdown).await;
-            let closed = closed.map(CloseReason::as_str);
-            match ending {
-                Ending::Finished(Ok(())) => {}
-                Ending::Finished(Err(e)) => {
-                    tracing::debug!(peer = %peer, error = %e, closed, "connection ended with an error")
-                }
-                Ending::Dropped => {
-                    tracing::debug!(peer = %peer, closed, "connection did not close in time; dropped")
-                }
-            }
-            drop(slot);
-        });
+    let connections = Arc::new(Connections {
+        gateway,
+        metrics,
+        builders: connection_builders(limits),
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        room: Room::default(),
+        idle: IdleLimits {
+            first_request: limits.header_read_timeout,
+            between_requests: limits.idle_timeout,
+        },
+        send_timeout: limits.send_timeout,
+        shutdown: shutdown_rx,
+    });
+    let (stop_accepting, stopped) = watch::channel(false);
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(listener::accept_loop(
+                listener,
+                connections.clone(),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    drop(connections);
+    stop.await;
+    let _ = stop_accepting.send(true);
+    for task in accepting {
+        let _ = task.await;
     }
     OpenConnections { shutdown }
 }
@@ -250,6 +220,17 @@ async fn serve_connections(
 const MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Streams the gateway may reset for a client's protocol errors before it closes the connection.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// The builders every connection is served with: one that detects the protocol (cleartext),
+/// and one per protocol for TLS connections, whose protocol ALPN chose.
+fn connection_builders(limits: &ServerConfig) -> Builders {
+    let auto = connection_builder(limits);
+    Builders {
+        http1: auto.clone().http1_only(),
+        http2: auto.clone().http2_only(),
+        auto,
+    }
+}
 
 fn connection_builder(limits: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let max_header_bytes = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);

@@ -9,6 +9,8 @@
 //! compiled once per `cargo test` run, not once per test.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -77,11 +79,17 @@ pub fn shared_cache_dir() -> PathBuf {
 /// A running gateway process.
 pub struct Gateway {
     child: Option<Child>,
+    /// The first listener's address.
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Every listener, in config order.
+    pub listeners: Vec<Listening>,
     output: Arc<Mutex<Vec<String>>>,
     pub dir: tempfile::TempDir,
 }
+
+/// A listener the gateway opened: (name, scheme, address).
+pub type Listening = (String, String, SocketAddr);
 
 /// Test defaults for the sections a test does not write itself.
 pub struct Sections {
@@ -121,6 +129,23 @@ impl Gateway {
         Gateway::spawn(&path, dir, sections.rust_log.as_deref())
     }
 
+    /// Starts a gateway on a whole config text written into `dir` (which may hold the files
+    /// the config names, such as certificates). `[admin] listen` must be in the text.
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        let path = dir.path().join("wasmgate.toml");
+        std::fs::write(&path, config).expect("write config");
+        Gateway::spawn(&path, dir, Some("info"))
+    }
+
+    /// The address of the listener named `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, addr)| *addr)
+            .unwrap_or_else(|| panic!("no listener `{name}` in {:?}", self.listeners))
+    }
+
     fn spawn(config: &Path, dir: tempfile::TempDir, rust_log: Option<&str>) -> Gateway {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmgate"));
         match rust_log {
@@ -153,11 +178,12 @@ impl Gateway {
         }
         let started = Instant::now();
         loop {
-            if let Ok((addr, admin)) = rx.recv_timeout(Duration::from_millis(100)) {
+            if let Ok((listeners, admin)) = rx.recv_timeout(Duration::from_millis(100)) {
                 return Gateway {
                     child: Some(child),
-                    addr,
+                    addr: listeners[0].2,
                     admin,
+                    listeners,
                     output,
                     dir,
                 };
@@ -270,15 +296,23 @@ impl Drop for Gateway {
     }
 }
 
-/// Finds "serving HTTP on http://A (admin endpoints on http://B)" in a log line.
-fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = line.split("serving HTTP on http://").nth(1)?;
-    let (addr, rest) = rest.split_once(' ')?;
-    let admin = rest.split("admin endpoints on http://").nth(1)?;
-    let admin = admin
-        .split(|c: char| c == ')' || c.is_whitespace())
-        .next()?;
-    Some((addr.parse().ok()?, admin.parse().ok()?))
+/// Finds "serving HTTP on http://A [name], https://B [name2] (admin endpoints on http://C)" in
+/// a log line.
+fn parse_listening(line: &str) -> Option<(Vec<Listening>, SocketAddr)> {
+    let rest = line.split("serving HTTP on ").nth(1)?;
+    let (list, rest) = rest.split_once(" (admin endpoints on http://")?;
+    let admin = rest.split(|c: char| c == ')' || c.is_whitespace()).next()?;
+    let mut listeners = Vec::new();
+    for entry in list.split(", ") {
+        let (url, name) = entry.split_once(' ')?;
+        let (scheme, addr) = url.split_once("://")?;
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        listeners.push((name.to_string(), scheme.to_string(), addr.parse().ok()?));
+    }
+    if listeners.is_empty() {
+        return None;
+    }
+    Some((listeners, admin.parse().ok()?))
 }
 
 /// An HTTP/1.1 client.

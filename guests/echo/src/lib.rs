@@ -1,6 +1,6 @@
 //! `echo`: reflects the request back. The response carries the method, the
-//! path-with-query and the authority as the guest saw them (`x-echo-method`,
-//! `x-echo-uri`, `x-echo-authority`) and every request header NAME as
+//! path-with-query, the authority and the scheme as the guest saw them (`x-echo-method`,
+//! `x-echo-uri`, `x-echo-authority`, `x-echo-scheme`) and every request header NAME as
 //! `x-echo-header-NAME`; its body is the request body, streamed back chunk by
 //! chunk as it arrives, so large bodies are never buffered whole.
 //! `?status=NNN` sets the response status (default 200). `?buffer=1` reads the whole request
@@ -8,7 +8,7 @@
 
 use guest_util::{method_str, query_flag, query_number, respond_text, send_response};
 use wasi::exports::http::incoming_handler::Guest;
-use wasi::http::types::{Fields, IncomingBody, IncomingRequest, ResponseOutparam};
+use wasi::http::types::{Fields, IncomingBody, IncomingRequest, ResponseOutparam, Scheme};
 use wasi::io::streams::StreamError;
 
 /// How much to ask for per read; each chunk is written back in pieces of at
@@ -16,6 +16,15 @@ use wasi::io::streams::StreamError;
 const READ_SIZE: u64 = 64 * 1024;
 
 struct Echo;
+
+fn scheme_str(scheme: Option<Scheme>) -> String {
+    match scheme {
+        Some(Scheme::Http) => "http".into(),
+        Some(Scheme::Https) => "https".into(),
+        Some(Scheme::Other(other)) => other,
+        None => String::new(),
+    }
+}
 
 impl Guest for Echo {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
@@ -30,6 +39,7 @@ impl Guest for Echo {
             ("x-echo-method", method_str(&request.method()).to_string()),
             ("x-echo-uri", request.path_with_query().unwrap_or_default()),
             ("x-echo-authority", request.authority().unwrap_or_default()),
+            ("x-echo-scheme", scheme_str(request.scheme())),
         ];
         for (name, value) in echoed {
             let _ = headers.append(name, value.as_bytes());

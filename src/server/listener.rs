@@ -1,0 +1,274 @@
+//! The listeners: a socket each, accepting connections into the slots they share, and the
+//! stages every connection goes through before its first request.
+//!
+//! A connection is **established** within `header_read_timeout`: the PROXY protocol header on
+//! listeners that take one (`proxy_protocol`), then the TLS handshake on TLS listeners. While
+//! it is being established it holds a connection slot and is idle, so a new client at
+//! `max_connections` may evict it like any idle connection ([`Room`]); a shutdown drops it.
+//! Then hyper serves it: HTTP/1.1 or HTTP/2 as ALPN chose on TLS, either by sniffing on
+//! cleartext, with the limits of [`connection`](super::connection).
+
+use super::connection::{
+    self, Activity, CloseReason, Ending, IdleLimits, InFlightBody, Room, SendTimeout, Serving,
+};
+use super::proxy_protocol::{self, ProxyHeaderError};
+use crate::config::{ListenerConfig, redirect_target};
+use crate::connection_info::{ConnectionInfo, Redirect, Scheme};
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::tls::{HandshakeFailure, ListenerTls, TlsListeners};
+use anyhow::Context;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+/// One bound listener.
+pub struct Listener {
+    socket: TcpListener,
+    setup: Arc<ListenerSetup>,
+}
+
+/// What a listener's connections need to know about it.
+struct ListenerSetup {
+    name: Arc<str>,
+    scheme: Scheme,
+    proxy_protocol: bool,
+    tls: Option<Arc<ListenerTls>>,
+    redirect: Option<Arc<Redirect>>,
+}
+
+impl Listener {
+    /// Binds `config`'s address; a TLS listener's certificates come from `tls`.
+    pub async fn bind(config: &ListenerConfig, tls: &TlsListeners) -> anyhow::Result<Listener> {
+        let socket = TcpListener::bind(config.address).await.with_context(|| {
+            format!(
+                "cannot listen on {} ([[listener]] `{}`)",
+                config.address, config.name
+            )
+        })?;
+        let redirect = match &config.http_redirect {
+            Some(text) => Some(Arc::new(redirect_target(text)?)),
+            None => None,
+        };
+        Ok(Listener {
+            socket,
+            setup: Arc::new(ListenerSetup {
+                name: config.name.as_str().into(),
+                scheme: if config.tls.is_some() {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                },
+                proxy_protocol: config.proxy_protocol,
+                tls: tls.listener(&config.name),
+                redirect,
+            }),
+        })
+    }
+
+    /// `https://127.0.0.1:8443 [name]`, for the start-up line.
+    pub fn describe(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "{}://{} [{}]",
+            self.setup.scheme.as_str(),
+            self.socket.local_addr()?,
+            self.setup.name
+        ))
+    }
+}
+
+/// What every connection of every listener shares.
+pub struct Connections {
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    pub builders: Builders,
+    pub slots: Arc<Semaphore>,
+    pub room: Room,
+    pub idle: IdleLimits,
+    pub send_timeout: Duration,
+    /// Turns true when the gateway shuts down. Every connection task holds a receiver, so the
+    /// sender sees them all gone once every connection has closed.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// hyper's connection builders: the auto-detecting one for cleartext, one per protocol for
+/// TLS, where ALPN has chosen.
+pub struct Builders {
+    pub auto: auto::Builder<TokioExecutor>,
+    pub http1: auto::Builder<TokioExecutor>,
+    pub http2: auto::Builder<TokioExecutor>,
+}
+
+/// Accepts connections on `listener` until `stop` turns true.
+pub async fn accept_loop(
+    listener: Listener,
+    connections: Arc<Connections>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.socket.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(listener = %listener.setup.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let slot = match connections.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                connections.room.ask();
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    slot = connections.slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let setup = listener.setup.clone();
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            serve(stream, peer, &setup, &connections).await;
+            drop(slot);
+        });
+    }
+}
+
+/// A connection once established, before hyper serves it.
+enum Io {
+    Plain(SendTimeout<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<SendTimeout<TcpStream>>>),
+}
+
+/// Why a connection was not established.
+#[derive(Debug, thiserror::Error)]
+enum NotEstablished {
+    #[error("{0}")]
+    ProxyHeader(#[from] ProxyHeaderError),
+    #[error("TLS handshake failed: {}", .0.as_str())]
+    Tls(HandshakeFailure),
+}
+
+/// Establishes and serves one connection to its end.
+async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: &Connections) {
+    let mut shutdown = all.shutdown.clone();
+    let io = SendTimeout::new(stream, all.send_timeout);
+    let established = tokio::select! {
+        result = tokio::time::timeout(all.idle.first_request, establish(io, peer, setup, &all.gateway)) => result,
+        // Idle until established: the first to make room for a new client.
+        _ = all.room.wait() => return,
+        _ = shutdown.changed() => return,
+    };
+    let (io, info) = match established {
+        Ok(Ok(established)) => established,
+        Ok(Err(failure)) => {
+            if let NotEstablished::Tls(reason) = &failure {
+                all.metrics.tls_handshake_failed(*reason);
+            }
+            tracing::debug!(listener = %setup.name, peer = %peer, error = %failure, "connection not established");
+            return;
+        }
+        Err(_) => {
+            if setup.tls.is_some() {
+                all.metrics.tls_handshake_failed(HandshakeFailure::Timeout);
+            }
+            tracing::debug!(listener = %setup.name, peer = %peer, "connection not established within header_read_timeout");
+            return;
+        }
+    };
+    let info = Arc::new(info);
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let gateway = all.gateway.clone();
+        let activity = activity.clone();
+        service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(info.clone());
+            let gateway = gateway.clone();
+            let in_flight = activity.start();
+            async move {
+                let response = gateway.handle(request).await;
+                Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
+            }
+        })
+    };
+    let connection: Pin<Box<dyn Serving>> = match io {
+        Io::Plain(io) => Box::pin(
+            all.builders
+                .auto
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned(),
+        ),
+        Io::Tls(stream) => {
+            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                &all.builders.http2
+            } else {
+                &all.builders.http1
+            };
+            Box::pin(
+                builder
+                    .serve_connection(TokioIo::new(*stream), service)
+                    .into_owned(),
+            )
+        }
+    };
+    let (ending, closed) =
+        connection::drive(connection, activity, all.idle, &all.room, shutdown).await;
+    let closed = closed.map(CloseReason::as_str);
+    match ending {
+        Ending::Finished(Ok(())) => {}
+        Ending::Finished(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, closed, "connection ended with an error")
+        }
+        Ending::Dropped => {
+            tracing::debug!(peer = %peer, closed, "connection did not close in time; dropped")
+        }
+    }
+}
+
+/// The PROXY header, then the TLS handshake, as the listener asks.
+async fn establish(
+    mut io: SendTimeout<TcpStream>,
+    peer: SocketAddr,
+    setup: &ListenerSetup,
+    gateway: &Gateway,
+) -> Result<(Io, ConnectionInfo), NotEstablished> {
+    let mut client = peer;
+    if setup.proxy_protocol {
+        if !gateway.generation().client.trusts(peer.ip()) {
+            return Err(ProxyHeaderError::UntrustedPeer.into());
+        }
+        if let Some(address) = proxy_protocol::read_header(&mut io).await? {
+            client = address;
+        }
+    }
+    let mut info = ConnectionInfo {
+        listener: setup.name.clone(),
+        scheme: setup.scheme,
+        peer,
+        client,
+        tls: None,
+        redirect: setup.redirect.clone(),
+    };
+    match &setup.tls {
+        None => Ok((Io::Plain(io), info)),
+        Some(tls) => {
+            let (stream, tls_info) = tls.accept(io).await.map_err(NotEstablished::Tls)?;
+            info.tls = Some(tls_info);
+            Ok((Io::Tls(Box::new(stream)), info))
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Certificates and their keys, read from PEM files and checked before a listener uses them.
+//!
+//! A certificate that cannot serve is an error naming its file, at start-up, on reload and on
+//! rotation alike: a file without a certificate, a key of a kind the crypto provider cannot
+//! sign with, a key that is not the certificate's, a leaf certificate that has expired or is not
+//! yet valid. The chain is sent as the file has it, leaf first.
+
+use anyhow::{Context, bail};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A certificate chain and its key, ready to serve.
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// The leaf's notAfter, in seconds since the Unix epoch.
+    pub not_after: i64,
+    /// The chain's file, for logs and the expiry metric.
+    pub file: PathBuf,
+    /// The leaf's DNS names (subject alternative names), lower case.
+    pub names: Vec<String>,
+}
+
+/// Reads the chain in `cert` and the private key in `key`; see the module docs.
+pub fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> anyhow::Result<LoadedCert> {
+    let chain = read_certificates(cert)?;
+    let key_text =
+        std::fs::read(key).with_context(|| format!("cannot read key file {}", key.display()))?;
+    let private_key = PrivateKeyDer::from_pem_slice(&key_text).map_err(|e| {
+        anyhow::anyhow!(
+            "key file {}: no usable private key (PEM: PKCS#8, PKCS#1 or SEC1): {e}",
+            key.display()
+        )
+    })?;
+    let leaf = chain[0].clone();
+    let certified = CertifiedKey::from_der(chain, private_key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
+            "key file {} does not belong to the certificate in {}",
+            key.display(),
+            cert.display()
+        ),
+        other => anyhow::anyhow!(
+            "key file {}: cannot sign with this key (RSA, ECDSA P-256/P-384 and Ed25519 are supported): {other}",
+            key.display()
+        ),
+    })?;
+    let (not_before, not_after, names) = leaf_facts(&leaf)
+        .with_context(|| format!("certificate file {}: the leaf certificate", cert.display()))?;
+    let now = unix_now();
+    if now > not_after {
+        bail!(
+            "certificate file {}: the certificate expired at {} (it is {} now)",
+            cert.display(),
+            timestamp(not_after),
+            timestamp(now)
+        );
+    }
+    if now < not_before {
+        bail!(
+            "certificate file {}: the certificate is not valid before {}",
+            cert.display(),
+            timestamp(not_before)
+        );
+    }
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        not_after,
+        file: cert.to_path_buf(),
+        names,
+    })
+}
+
+/// Every certificate in a PEM file, in order; at least one.
+pub fn read_certificates(file: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let text = std::fs::read(file)
+        .with_context(|| format!("cannot read certificate file {}", file.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("certificate file {}: {e}", file.display()))?;
+    if chain.is_empty() {
+        bail!(
+            "certificate file {} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)",
+            file.display()
+        );
+    }
+    Ok(chain)
+}
+
+/// The notBefore and notAfter of a certificate, in seconds since the Unix epoch, and its DNS
+/// names.
+fn leaf_facts(der: &CertificateDer<'_>) -> anyhow::Result<(i64, i64, Vec<String>)> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| anyhow::anyhow!("is not a valid X.509 certificate: {e}"))?;
+    let validity = cert.validity();
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+        names,
+    ))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A timestamp as an RFC 3339 date for messages.
+fn timestamp(seconds: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
