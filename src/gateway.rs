@@ -13,7 +13,7 @@
 
 use crate::access_log::{self, LoggedBody};
 use crate::body::{BodyCut, CutFlag, LimitedBody, ResponseBody, full};
-use crate::capabilities::outbound_http::{SelfDispatch, SelfHandle};
+use crate::capabilities::outbound_http::{SelfCalls, SelfDispatch, SelfHandle};
 use crate::config::Config;
 use crate::connection_info::ConnectionInfo;
 use crate::generation::{Generation, Route, Target};
@@ -88,19 +88,27 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        self.dispatch_at(request, 0).await
+        self.dispatch_at(request, SelfCalls::default()).await
     }
 
-    /// Serves a request `depth` self-calls deep (0: from a client, which cannot reach private
-    /// routes). The stages: guards (431, 400) ─► identity (forwarded headers, request id,
+    /// Serves a request `calls.depth` self-calls deep (0: from a client, which cannot reach
+    /// private routes), on the generation the outermost request started on. The stages: guards (431, 400) ─► identity (forwarded headers, request id,
     /// traceparent) ─► route (404, 405) ─► body size (413) ─► target (503, 504, 500, 408) ─►
     /// observe (metrics, the access log, the request id on the response).
-    async fn dispatch_at<B>(&self, mut request: Request<B>, depth: u32) -> Response<ResponseBody>
+    async fn dispatch_at<B>(
+        &self,
+        mut request: Request<B>,
+        calls: SelfCalls,
+    ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let generation = self.generation.load_full();
+        let depth = calls.depth;
+        let generation = calls
+            .pinned
+            .and_then(|pinned| pinned.downcast::<Generation>().ok())
+            .unwrap_or_else(|| self.generation.load_full());
         let limits = generation.limits;
         let connection = request.extensions().get::<Arc<ConnectionInfo>>().cloned();
         let mut seen = Seen {
@@ -252,7 +260,16 @@ impl Gateway {
         let result = match &route.target {
             Target::Component(component) => {
                 component
-                    .handle(request, scheme, &request_id, cut.clone(), depth)
+                    .handle(
+                        request,
+                        scheme,
+                        &request_id,
+                        cut.clone(),
+                        SelfCalls {
+                            depth,
+                            pinned: Some(generation.clone()),
+                        },
+                    )
                     .await
             }
         };
@@ -458,7 +475,7 @@ impl SelfDispatch for Gateway {
     fn dispatch(
         &self,
         request: Request<wasmtime_wasi_http::WasiBody>,
-        depth: u32,
+        calls: SelfCalls,
     ) -> std::pin::Pin<
         Box<dyn Future<Output = Response<wasmtime_wasi_http::WasiBody>> + Send + 'static>,
     > {
@@ -466,7 +483,7 @@ impl SelfDispatch for Gateway {
         let gateway = self.me.upgrade();
         Box::pin(async move {
             let response = match gateway {
-                Some(gateway) => gateway.dispatch_at(request, depth).await,
+                Some(gateway) => gateway.dispatch_at(request, calls).await,
                 None => error_page(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "-",

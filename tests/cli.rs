@@ -265,3 +265,95 @@ async fn check_opens_no_store_and_passes_beside_a_running_gateway() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `component` with a custom section `name` appended: the same code, other bytes, so the
+/// compile cache holds it apart.
+fn with_custom_section(component: &[u8], name: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name.as_bytes());
+    let mut bytes = component.to_vec();
+    bytes.push(0);
+    leb(payload.len(), &mut bytes);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+#[tokio::test]
+async fn the_admin_port_is_live_while_components_compile_and_ready_after() {
+    // 24 distinct components and no compile cache: the first generation takes a while.
+    let dir = tempfile::tempdir().unwrap();
+    let echo = std::fs::read(guest("echo")).unwrap();
+    let mut routes = String::new();
+    for i in 0..24 {
+        let path = dir.path().join(format!("echo-{i}.wasm"));
+        std::fs::write(&path, with_custom_section(&echo, &format!("copy-{i}"))).unwrap();
+        routes.push_str(&format!(
+            "[[route]]\npath = \"/e{i}/...\"\ncomponent = {}\n",
+            toml_path(&path)
+        ));
+    }
+    let (public, admin) = (free_port(), free_port());
+    let config = dir.path().join("wasmgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{public}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[engine]\ncache_dir = \"\"\nmax_instances = 16\n{routes}"
+        ),
+    )
+    .unwrap();
+    let _process = Killed(
+        Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .args(["serve", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = http1();
+    let status = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let request = Request::get(format!("http://127.0.0.1:{admin}{path}"))
+                .body(empty())
+                .unwrap();
+            match tokio::time::timeout(Duration::from_secs(1), client.request(request)).await {
+                Ok(Ok(response)) => Some(response.status()),
+                _ => None,
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut live_while_starting = false;
+    loop {
+        let ready = status("/readyz").await;
+        if ready == Some(StatusCode::OK) {
+            break;
+        }
+        if ready == Some(StatusCode::SERVICE_UNAVAILABLE)
+            && status("/livez").await == Some(StatusCode::OK)
+        {
+            live_while_starting = true;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        live_while_starting,
+        "/livez 200 and /readyz 503 were never seen while the components compiled"
+    );
+    // Ready means serving.
+    let (status, _, _) = get(&client, &format!("http://127.0.0.1:{public}/e23/x")).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -925,12 +925,12 @@ async fn stream_route_served(gw: &Gateway, within: Duration) -> Result<Duration,
 }
 
 /// An HTTP/2 client that sets its initial window to 0 and never sends WINDOW_UPDATE: the
-/// responses wait on flow control, not on a socket write, so `send_timeout` never fires, the
-/// connection is busy (never idle), and the two streams hold the route's slots until the route's
-/// timeout. One connection could hold `max_concurrent_streams` (200) such streams.
+/// responses wait on flow control, not on a socket write, so no write times out, and the
+/// connection is busy (never idle). Before the per-response send deadline the two streams held
+/// the route's slots until the route's timeout (one connection could hold
+/// `max_concurrent_streams`, 200, such streams); now the connection is dropped once a frame has
+/// waited for the peer past `send_timeout`, and the slots are free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a send deadline that also covers HTTP/2 flow control (a stream whose window \
-            stays closed for send_timeout is reset), see docs/hardening-tools.md"]
 async fn http2_flow_control_stall_does_not_hold_a_route() {
     let gw = start_slow_reader_gateway();
     const INITIAL_WINDOW_SIZE: u16 = 0x4;

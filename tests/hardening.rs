@@ -42,6 +42,13 @@ component = {looping}
 timeout = "20s"
 
 [[route]]
+path = "/slow-one"
+component = {looping}
+timeout = "20s"
+max_concurrency = 1
+queue_timeout = "20s"
+
+[[route]]
 path = "/stream"
 component = {streaming}
 timeout = "60s"
@@ -206,6 +213,22 @@ async fn the_active_requests_gauge_drops_when_a_client_goes_away() {
     wait_for_active(&gw, "/slow", 1.0).await;
     pending.abort();
     wait_for_active(&gw, "/slow", 0.0).await;
+
+    // Queued: /slow-one takes one request at a time; a second waits in its queue and goes away.
+    let mut running = TcpStream::connect(gw.addr).unwrap();
+    running
+        .write_all(b"GET /slow-one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    wait_for_active(&gw, "/slow-one", 1.0).await;
+    let mut queued = TcpStream::connect(gw.addr).unwrap();
+    queued
+        .write_all(b"GET /slow-one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    wait_for_active(&gw, "/slow-one", 2.0).await;
+    drop(queued);
+    wait_for_active(&gw, "/slow-one", 1.0).await;
+    drop(running);
+    wait_for_active(&gw, "/slow-one", 0.0).await;
 }
 
 #[tokio::test]
@@ -405,4 +428,99 @@ async fn sighup_does_not_end_the_process_and_sigterm_fails_readiness_before_clos
     assert_eq!(status, StatusCode::OK);
     let exit = gw.wait_exit(Duration::from_secs(10));
     assert!(exit.success());
+}
+
+/// An HTTP/2 client connection on `addr` (the h2 crate), driven in a task that reports how the
+/// connection ended and when.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<(Result<(), h2::Error>, Instant)>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let ended = connection.await;
+        (ended, Instant::now())
+    });
+    (send, driver)
+}
+
+/// Sends a GET on an h2 connection and reads the whole body.
+async fn h2_get(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> (StatusCode, String) {
+    let request = Request::get(format!("http://x{path}")).body(()).unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway_after_idle_timeout() {
+    let gw = Gateway::start_with(
+        &routes(),
+        Sections {
+            server: "idle_timeout = \"1s\"\nheader_read_timeout = \"20s\"\nkeepalive_interval = \"300ms\"\n"
+                .into(),
+            ..Sections::default()
+        },
+    );
+    let (mut send, driver) = h2_connection(gw.addr).await;
+    let (status, body) = h2_get(&mut send, "/hello/idle").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "Hello, idle!\n"));
+    // The gateway pings every 300 ms (the h2 client answers them), and still closes the
+    // connection once it has had no request for idle_timeout: with GOAWAY, so it ends cleanly.
+    let idle_since = Instant::now();
+    let (ended, at) = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("closed within 10 s")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    let idled = at - idle_since;
+    assert!(
+        idled >= Duration::from_millis(900) && idled < Duration::from_secs(5),
+        "closed after {idled:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_sends_goaway_to_http2_connections_and_finishes_their_streams() {
+    let mut gw = Gateway::start(&routes());
+    let (mut send, driver) = h2_connection(gw.addr).await;
+    let (status, _) = h2_get(&mut send, "/hello/before").await;
+    assert_eq!(status, StatusCode::OK);
+    // A stream in flight across the shutdown: 5 chunks, 200 ms apart.
+    let mut streaming = send.clone();
+    let in_flight =
+        tokio::spawn(async move { h2_get(&mut streaming, "/stream?chunks=5&delay_ms=200").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.signal_terminate();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.matches("chunk").count(), 5, "{body}");
+    // GOAWAY ended the connection cleanly, and it takes no new stream.
+    let (ended, _) = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("closed within 10 s")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    let refused = send
+        .send_request(Request::get("http://x/hello/after").body(()).unwrap(), true)
+        .map(|(response, _)| response);
+    match refused {
+        Err(_) => {}
+        Ok(response) => assert!(response.await.is_err(), "a stream after GOAWAY was served"),
+    }
+    assert!(gw.wait_exit(Duration::from_secs(10)).success());
 }

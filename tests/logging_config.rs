@@ -349,21 +349,6 @@ async fn a_trap_backtrace_is_logged_once_a_minute_per_route() {
 }
 
 /// Kills the process when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 #[tokio::test]
 async fn a_stdout_nobody_reads_drops_log_lines_and_never_holds_requests() {

@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use http::StatusCode;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,14 +70,6 @@ impl Process {
         .await;
         (status, body)
     }
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// Starts a gateway whose routes are `routes(public port, admin port)`, with `server` added to

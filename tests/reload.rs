@@ -359,3 +359,43 @@ async fn a_reload_applies_a_new_log_level() {
         gw.output()
     );
 }
+
+#[tokio::test]
+async fn a_self_call_is_routed_by_the_generation_its_request_started_on() {
+    // Generation A has the private route the caller reaches through http://self; generation B
+    // has not. A request that started on A makes its self-call after the reload to B.
+    let caller = format!(
+        "[[route]]\npath = \"/fetch\"\ncomponent = {}\nallowed_outbound_hosts = [\"http://self\"]\n",
+        toml_path(&guest("outbound"))
+    );
+    let target = format!(
+        "[[route]]\npath = \"/target\"\ncomponent = {}\nprivate = true\n",
+        toml_path(&guest("hello"))
+    );
+    let gw = Gateway::start(&format!("{caller}\n{target}"));
+    let client = http1();
+    let url = gw.url("/fetch?url=http%3A%2F%2Fself%2Ftarget&delay_ms=1500");
+    let in_flight = tokio::spawn(async move { get(&client, &url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rewrite(&gw, &config_text(&caller, ""));
+    let (status, body) = reload(&gw).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, headers, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        headers
+            .get("x-upstream-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("200"),
+        "{body}"
+    );
+    assert_eq!(body, "Hello from wasmgate!\n");
+    // A request that starts on B finds no such route.
+    let (_, headers, _) = get(&http1(), &gw.url("/fetch?url=http%3A%2F%2Fself%2Ftarget")).await;
+    assert_eq!(
+        headers
+            .get("x-upstream-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("404")
+    );
+}

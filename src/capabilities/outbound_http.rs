@@ -60,13 +60,22 @@ pub const MAX_SELF_DEPTH: u32 = 8;
 /// The host name that means the gateway itself, compared without case.
 const SELF_HOST: &str = "self";
 
+/// Where a request stands among self-calls: how deep it is (0 from outside), and the
+/// generation its outermost request started on, which every self-call it makes is routed by
+/// (opaque here; the gateway knows it). A reload in between changes nothing for them.
+#[derive(Clone, Default)]
+pub struct SelfCalls {
+    pub depth: u32,
+    pub pinned: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
 /// The gateway's router, as outgoing requests to `http://self` reach it.
 pub trait SelfDispatch: Send + Sync {
-    /// Serves a request made by a component `depth` self-calls deep.
+    /// Serves a request made by a component, one self-call deeper than `calls` says.
     fn dispatch(
         &self,
         request: http::Request<WasiBody>,
-        depth: u32,
+        calls: SelfCalls,
     ) -> std::pin::Pin<Box<dyn Future<Output = http::Response<WasiBody>> + Send + 'static>>;
 }
 
@@ -431,8 +440,8 @@ pub struct OutboundPolicy {
     pub metrics: Arc<RouteMetrics>,
     /// The gateway, for requests to `http://self`.
     pub self_handle: SelfHandle,
-    /// How many self-calls deep the current request is (0 from outside).
-    pub depth: u32,
+    /// How many self-calls deep the current request is, and the generation they keep.
+    pub self_calls: SelfCalls,
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
@@ -487,19 +496,23 @@ impl WasiHttpHooks for OutboundPolicy {
 impl OutboundPolicy {
     /// Serves a request to `http://self` through the gateway's own router, in process.
     fn dispatch_to_self(&self, request: http::Request<WasiBody>) -> SendFuture {
-        let depth = self.depth + 1;
+        let depth = self.self_calls.depth + 1;
         if depth > MAX_SELF_DEPTH {
             tracing::warn!(route = %self.route, request_id = %self.request_id, depth, "self-calls nest too deep");
             return Box::new(async { Err(Error::LoopDetected) });
         }
         let gateway = self.self_handle.get().and_then(std::sync::Weak::upgrade);
+        let calls = SelfCalls {
+            depth,
+            pinned: self.self_calls.pinned.clone(),
+        };
         Box::new(async move {
             let Some(gateway) = gateway else {
                 return Err(Error::InternalError(Some(
                     "the gateway is not serving".into(),
                 )));
             };
-            let response = gateway.dispatch(request, depth).await;
+            let response = gateway.dispatch(request, calls).await;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }

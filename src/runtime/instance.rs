@@ -28,7 +28,7 @@ use crate::body::{CutFlag, ResponseBody};
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, RequestLog};
-use crate::capabilities::outbound_http::{Allowlist, OutboundPolicy, SelfHandle};
+use crate::capabilities::outbound_http::{Allowlist, OutboundPolicy, SelfCalls, SelfHandle};
 use crate::capabilities::wasi::guest_context;
 use crate::metrics::{GaugeGuard, RouteMetrics};
 use bytes::Bytes;
@@ -256,14 +256,15 @@ impl ComponentRoute {
 
     /// Runs the request through a fresh instance; see the module docs. `request_cut` is set by
     /// the request body if the gateway cut it off; the response is then aborted, not completed.
-    /// `depth` counts self-calls (0 for a request from outside).
+    /// `self_calls` says how deep in self-calls the request is (0 from outside) and which
+    /// generation the component's own self-calls keep.
     pub async fn handle<B>(
         self: &Arc<Self>,
         request: http::Request<B>,
         scheme: Scheme,
         request_id: &Arc<str>,
         request_cut: CutFlag,
-        depth: u32,
+        self_calls: SelfCalls,
     ) -> Result<http::Response<ResponseBody>, Failure>
     where
         B: Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
@@ -280,7 +281,7 @@ impl ComponentRoute {
         })?;
         let deadline = Instant::now() + self.settings.timeout;
 
-        let mut store = self.new_store(request_id, depth);
+        let mut store = self.new_store(request_id, self_calls);
         let (response_tx, response_rx) = oneshot::channel();
         let (incoming, outparam) = {
             let mut http = store.data_mut().http();
@@ -397,7 +398,7 @@ impl ComponentRoute {
         }
     }
 
-    fn new_store(&self, request_id: &Arc<str>, depth: u32) -> Store<HostState> {
+    fn new_store(&self, request_id: &Arc<str>, self_calls: SelfCalls) -> Store<HostState> {
         let settings = &self.settings;
         let log = settings.log_budget.for_request(
             self.metrics.clone(),
@@ -415,7 +416,7 @@ impl ComponentRoute {
                 response_timeout: settings.timeout,
                 metrics: self.metrics.clone(),
                 self_handle: settings.self_handle.clone(),
-                depth,
+                self_calls,
             },
             limiter: MemoryLimiter {
                 max_memory: settings.max_memory,

@@ -15,8 +15,10 @@
 //! many there are. A busy connection is never evicted.
 //!
 //! Closing is graceful first (HTTP/2 GOAWAY, HTTP/1.1 closes after the current response) and
-//! forced [`FORCE_CLOSE_AFTER`] later. Writes that the peer does not read within
-//! `send_timeout` fail the connection ([`SendTimeout`]).
+//! forced [`FORCE_CLOSE_AFTER`] later. A peer that does not take what it is sent fails the
+//! connection: at the socket, writes it does not read ([`SendTimeout`]); per response, a frame
+//! that waits for it past `send_timeout` per 16 KiB ([`InFlightBody`]), which also catches
+//! HTTP/2 clients that keep their flow-control window shut (no socket write ever waits then).
 
 use crate::body::BoxError;
 use bytes::Bytes;
@@ -25,12 +27,16 @@ use hyper_util::server::graceful::GracefulConnection;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, futures::OwnedNotified};
 use tokio::time::{Instant, Sleep};
+
+/// How often a busy connection looks for responses its peer has stopped taking.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// How long a connection asked to close may take to finish gracefully before it is dropped.
 pub const FORCE_CLOSE_AFTER: Duration = Duration::from_secs(1);
@@ -61,16 +67,31 @@ impl Room {
 }
 
 /// What the connection task and its requests share.
-#[derive(Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
     /// Requests started so far: a request that starts and ends between two looks at
     /// `in_flight` still counts.
     started: AtomicUsize,
     changed: Notify,
+    /// `send_timeout`: how long the peer may take to accept each 16 KiB of a response frame.
+    send_timeout: Duration,
+    /// Response bodies whose last frame the peer has not taken yet, and until when it may take.
+    peer_waits: Mutex<Vec<(u64, Instant)>>,
+    next_body: AtomicU64,
 }
 
 impl Activity {
+    pub fn new(send_timeout: Duration) -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            changed: Notify::new(),
+            send_timeout,
+            peer_waits: Mutex::new(Vec::new()),
+            next_body: AtomicU64::new(0),
+        }
+    }
+
     /// Marks a request as in flight until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -86,6 +107,37 @@ impl Activity {
     fn served(&self) -> bool {
         self.started.load(Ordering::Acquire) > 0
     }
+
+    /// Body `id` gave hyper a frame of `bytes` bytes: the peer must take it within
+    /// `send_timeout` per [`MIN_SEND_PROGRESS`] bytes (at least one `send_timeout`).
+    fn wait_for_peer(&self, id: u64, bytes: usize) {
+        let chunks = u32::try_from(bytes.div_ceil(MIN_SEND_PROGRESS).max(1)).unwrap_or(u32::MAX);
+        let allowed = self
+            .send_timeout
+            .checked_mul(chunks)
+            .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        lock(&self.peer_waits).push((id, Instant::now() + allowed));
+    }
+
+    /// Body `id` was asked for its next frame (so the last one was taken), or is gone.
+    fn peer_took(&self, id: u64) {
+        lock(&self.peer_waits).retain(|(waiting, _)| *waiting != id);
+    }
+
+    /// Whether a response has waited for the peer past its allowance: an HTTP/2 client that
+    /// keeps its flow-control window shut, or an HTTP/1.1 client that stopped reading.
+    fn stalled(&self) -> bool {
+        let now = Instant::now();
+        lock(&self.peer_waits)
+            .iter()
+            .any(|(_, deadline)| *deadline <= now)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A request in flight on a connection; see [`Activity::start`].
@@ -99,17 +151,38 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until hyper has sent it or dropped it.
+/// A response body that keeps its request in flight until hyper has sent it or dropped it, and
+/// tells the connection how long each frame waits for the peer to take it.
+///
+/// hyper asks for the next frame only once the last one is on its way: over HTTP/1.1 once the
+/// socket took it, over HTTP/2 once the stream's flow-control window let it go. So a frame that
+/// hyper has not come back for means the peer is not taking data, and a wait past the
+/// allowance ([`Activity::wait_for_peer`]) fails the connection ([`drive`]), freeing the
+/// instances its requests hold. A guest that is slow to write does not count: the body is then
+/// being asked and has nothing yet.
 pub struct InFlightBody<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    id: u64,
+    waiting: bool,
 }
 
 impl<B> InFlightBody<B> {
     pub fn new(inner: B, in_flight: InFlight) -> InFlightBody<B> {
+        let id = in_flight.0.next_body.fetch_add(1, Ordering::Relaxed);
         InFlightBody {
             inner,
-            _in_flight: in_flight,
+            in_flight,
+            id,
+            waiting: false,
+        }
+    }
+}
+
+impl<B> Drop for InFlightBody<B> {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.in_flight.0.peer_took(self.id);
         }
     }
 }
@@ -122,7 +195,18 @@ impl<B: Body<Data = Bytes> + Unpin> Body for InFlightBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if this.waiting {
+            this.in_flight.0.peer_took(this.id);
+            this.waiting = false;
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let bytes = frame.data_ref().map_or(0, Bytes::len);
+            this.in_flight.0.wait_for_peer(this.id, bytes);
+            this.waiting = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -143,6 +227,8 @@ pub enum CloseReason {
     Room,
     /// The gateway is shutting down.
     Shutdown,
+    /// A response waited for the peer to take it past `send_timeout` per 16 KiB.
+    Stalled,
 }
 
 impl CloseReason {
@@ -151,6 +237,7 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::Room => "room",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Stalled => "stalled",
         }
     }
 }
@@ -198,6 +285,8 @@ pub async fn drive(
     let mut room_wait: Option<Pin<Box<OwnedNotified>>> = None;
     let timer = std::pin::pin!(tokio::time::sleep(limits.first_request));
     let mut timer: Pin<&mut Sleep> = timer;
+    let stall_check = std::pin::pin!(tokio::time::sleep(STALL_CHECK));
+    let mut stall_check: Pin<&mut Sleep> = stall_check;
     loop {
         if close.is_none() && room_wait.is_none() && activity.idle() {
             // Queue for eviction, in the order connections became idle.
@@ -244,13 +333,22 @@ pub async fn drive(
                 }
             }
             _ = shutdown.changed(), if close.is_none() => ask_to_close = Some(CloseReason::Shutdown),
+            _ = stall_check.as_mut(), if !activity.idle() => {
+                if activity.stalled() {
+                    // Nothing the peer would take can finish gracefully: drop it now.
+                    return (Ending::Dropped, Some(CloseReason::Stalled));
+                }
+                stall_check.as_mut().reset(Instant::now() + STALL_CHECK);
+            }
         }
         if let Some(reason) = ask_to_close {
             close = Some(reason);
             room_wait = None;
             deadline = match reason {
                 CloseReason::Shutdown => None,
-                CloseReason::Idle | CloseReason::Room => Some(Instant::now() + FORCE_CLOSE_AFTER),
+                CloseReason::Idle | CloseReason::Room | CloseReason::Stalled => {
+                    Some(Instant::now() + FORCE_CLOSE_AFTER)
+                }
             };
             connection.as_mut().close_gracefully();
         }

@@ -191,7 +191,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
         }
     };
     let info = Arc::new(info);
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new(all.send_timeout));
     let service = {
         let gateway = all.gateway.clone();
         let activity = activity.clone();

@@ -71,6 +71,24 @@ pub fn check_config(dir: &Path, config: &str) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// A port nothing listens on right now (another process may take it before the test does).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The compile cache every test shares.
 pub fn shared_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/wasmgate-test-cache")

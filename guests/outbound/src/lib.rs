@@ -3,6 +3,7 @@
 //! policy. On success: 200, `x-upstream-status: NNN` and the upstream body.
 //! On any error: 502 and `outbound error: CODE\n`, CODE being the
 //! `wasi:http` error code (e.g. `HttpRequestDenied`). No `url`: 400.
+//! `?delay_ms=N` waits N milliseconds before fetching.
 
 use guest_util::{headers, request_query_param, respond, respond_text};
 use wasi::exports::http::incoming_handler::Guest;
@@ -20,6 +21,10 @@ impl Guest for Outbound {
         let Some(url) = request_query_param(&request, "url") else {
             return respond_text(out, 400, "missing url\n");
         };
+        if let Some(delay) = request_query_param(&request, "delay_ms").and_then(|d| d.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         match get(&url) {
             Ok((status, body)) => respond(
                 out,
