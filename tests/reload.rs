@@ -399,3 +399,70 @@ async fn a_self_call_is_routed_by_the_generation_its_request_started_on() {
         Some("404")
     );
 }
+
+#[tokio::test]
+async fn a_reload_applies_env_config_grants_new_stores_and_limits() {
+    let routes = |color: &str, value: &str, grant: &str, store: &str, body: &str| {
+        format!(
+            "{store}\n[[route]]\npath = \"/env\"\ncomponent = {env}\nenv = {{ COLOR = \"{color}\" }}\n\n\
+             [[route]]\npath = \"/config/...\"\ncomponent = {config}\nconfig = {{ k = \"{value}\" }}\n\n\
+             [[route]]\npath = \"/kv/...\"\ncomponent = {kv}\nkeyvalue = [{grant}]\nenv = {{ KV_STORE = \"mem\" }}\n\n\
+             [[route]]\npath = \"/echo/...\"\ncomponent = {echo}\n{body}\n",
+            env = toml_path(&guest("env")),
+            config = toml_path(&guest("config-echo")),
+            kv = toml_path(&guest("kv-crud")),
+            echo = toml_path(&guest("echo")),
+        )
+    };
+    let gw = Gateway::start(&routes("red", "v1", "", "", ""));
+    let client = http1();
+    let (_, _, env) = get(&client, &gw.url("/env")).await;
+    assert!(env.contains("COLOR=red\n"), "{env}");
+    let (_, _, value) = get(&client, &gw.url("/config/k")).await;
+    assert_eq!(value, "v1");
+    let put = |client: &HttpClient| {
+        let request = Request::put(gw.url("/kv/key")).body(body("x")).unwrap();
+        let client = client.clone();
+        async move { read(send(&client, request).await).await.0 }
+    };
+    assert_ne!(
+        put(&client).await,
+        StatusCode::NO_CONTENT,
+        "no store granted yet"
+    );
+    let big = Request::post(gw.url("/echo/x"))
+        .body(body(vec![b'x'; 2048]))
+        .unwrap();
+    assert_eq!(read(send(&client, big).await).await.0, StatusCode::OK);
+
+    // B: another env value and config value, a new memory store granted, a smaller body limit.
+    rewrite(
+        &gw,
+        &config_text(
+            &routes(
+                "blue",
+                "v2",
+                "\"mem\"",
+                "[keyvalue.mem]\nbackend = \"memory\"\n",
+                "",
+            ),
+            "max_request_body = \"1KiB\"\n",
+        ),
+    );
+    let (status, text) = reload(&gw).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (_, _, env) = get(&client, &gw.url("/env")).await;
+    assert!(env.contains("COLOR=blue\n"), "{env}");
+    let (_, _, value) = get(&client, &gw.url("/config/k")).await;
+    assert_eq!(value, "v2");
+    assert_eq!(put(&client).await, StatusCode::NO_CONTENT);
+    let (status, _, value) = get(&client, &gw.url("/kv/key")).await;
+    assert_eq!((status, value.as_str()), (StatusCode::OK, "x"));
+    let big = Request::post(gw.url("/echo/x"))
+        .body(body(vec![b'x'; 2048]))
+        .unwrap();
+    assert_eq!(
+        read(send(&client, big).await).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+}
