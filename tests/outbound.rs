@@ -298,3 +298,23 @@ async fn https_goes_through_tls_on_the_checked_connection() {
     let (status, _, _) = get(&http1(), &gw.url("/hello/after")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_admin_port_is_protected_as_bound_when_the_config_says_port_0() {
+    // Gateway::start configures `[admin] listen = "127.0.0.1:0"`.
+    let gw = Gateway::start(&route(
+        "/loopback",
+        "outbound",
+        &["http://127.0.0.1:*".into()],
+    ));
+    let target = format!("http://127.0.0.1:{}/metrics", gw.admin.port());
+    let (status, _, body) = get(
+        &http1(),
+        &gw.url(&format!("/loopback?url={}", percent_encode(&target))),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_GATEWAY, PROHIBITED)
+    );
+}

@@ -38,12 +38,15 @@ pub struct Process {
     instances: InstanceSlots,
     /// Which allocator the engine ended up with.
     pub allocator: Allocator,
+    /// The admin listener's address as bound at start (its port, when the config says 0): what
+    /// guests' outgoing requests may not reach, whatever a reloaded config says.
+    admin: std::net::SocketAddr,
     _ticker: EpochTicker,
 }
 
 impl Process {
     /// Creates the engine, its ticker and linker, the instance slots and the keyvalue stores
-    /// `config` declares.
+    /// `config` declares. `config.admin.listen` is the admin listener's bound address.
     pub fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Process> {
         let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
         Process::with_stores(config, metrics, stores)
@@ -72,6 +75,7 @@ impl Process {
             metrics,
             instances,
             allocator,
+            admin: config.admin.listen,
             _ticker: ticker,
         })
     }
@@ -309,7 +313,7 @@ fn component_route(
             .iter()
             .map(|rule| OutboundRule::parse(rule).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?,
-        admin: config.admin.listen,
+        admin: process.admin,
         private: if config.server.outbound_deny_private {
             PrivateAddresses::Deny
         } else {

@@ -54,7 +54,9 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
     let tls = TlsListeners::start(&config, metrics.clone())?;
 
     let process = {
-        let config = config.clone();
+        let mut config = config.clone();
+        // Guests must not reach the admin port as bound, not as configured (port 0).
+        config.admin.listen = admin_address;
         let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || Process::start(&config, metrics))
             .await
