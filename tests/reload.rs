@@ -466,3 +466,40 @@ async fn a_reload_applies_env_config_grants_new_stores_and_limits() {
         StatusCode::PAYLOAD_TOO_LARGE
     );
 }
+
+#[tokio::test]
+async fn with_watch_a_changed_component_file_is_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("app.wasm");
+    std::fs::copy(guest("hello"), &component).unwrap();
+    let gw = Gateway::start_with(
+        &format!(
+            "[[route]]\npath = \"/app/...\"\ncomponent = {}\n",
+            toml_path(&component)
+        ),
+        Sections {
+            server: "watch = true\n".into(),
+            ..Sections::default()
+        },
+    );
+    let (_, _, body) = get(&http1(), &gw.url("/app/x")).await;
+    assert_eq!(body, "Hello from wasmgate!\n");
+    // A deployment replaces the file: written beside it, renamed over it.
+    let next = dir.path().join("app.wasm.new");
+    std::fs::copy(guest("echo"), &next).unwrap();
+    std::fs::rename(&next, &component).unwrap();
+    let started = Instant::now();
+    loop {
+        let (_, headers, _) = get(&http1(), &gw.url("/app/x")).await;
+        if headers.contains_key("x-echo-method") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the new component was not served within 15 s:\n{}",
+            gw.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(generation(&gw).await, 2.0);
+}
