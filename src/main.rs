@@ -25,8 +25,9 @@ struct Cli {
 enum Command {
     /// Serve the routes of a config file until SIGTERM or SIGINT.
     ///
-    /// Compiles every component (or loads it from the compile cache), then listens on
-    /// `[server] listen` for traffic and on `[admin] listen` for /livez, /readyz and /metrics.
+    /// Compiles every component (or loads it from the compile cache), then listens on its
+    /// listeners (`[[listener]]`, or `[server] listen`) for traffic and on `[admin] listen` for
+    /// /livez, /readyz and /metrics.
     Serve {
         /// The config file.
         #[arg(default_value = "config/wasmgate.toml")]

@@ -171,13 +171,12 @@ impl Acceptors {
         })
     }
 
-    /// The config for a client that asked for `server_name`.
+    /// The config for a client that asked for `server_name` (lower case).
     fn config_for(&self, server_name: Option<&str>) -> Option<&Arc<ServerConfig>> {
         let named = server_name.and_then(|name| {
-            let name = name.to_ascii_lowercase();
             self.by_name
                 .iter()
-                .find(|(pattern, _)| pattern.matches(&name))
+                .find(|(pattern, _)| pattern.matches(name))
                 .map(|(_, config)| config)
         });
         named.or(self.default.as_ref())
