@@ -92,9 +92,11 @@ impl Gateway {
     }
 
     /// Serves a request `calls.depth` self-calls deep (0: from a client, which cannot reach
-    /// private routes), on the generation the outermost request started on. The stages: guards (431, 400) ─► identity (forwarded headers, request id,
-    /// traceparent) ─► route (404, 405) ─► body size (413) ─► target (503, 504, 500, 408) ─►
-    /// observe (metrics, the access log, the request id on the response).
+    /// private routes), on the generation the outermost request started on, through the
+    /// stages: guards (431, 400) ─► identity (forwarded headers, request id, traceparent) ─►
+    /// route (404, 405, 308) ─► body size (413) ─► target (503, 504, 500, 408) ─► observe
+    /// (metrics, the access log, the request id on the response). A stage that answers early
+    /// hands its response straight to observe.
     async fn dispatch_at<B>(
         &self,
         mut request: Request<B>,
@@ -104,36 +106,18 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let depth = calls.depth;
         let generation = calls
             .pinned
+            .clone()
             .and_then(|pinned| pinned.downcast::<Generation>().ok())
             .unwrap_or_else(|| self.generation.load_full());
-        let limits = generation.limits;
-        let connection = request.extensions().get::<Arc<ConnectionInfo>>().cloned();
-        let mut seen = Seen {
-            started: Instant::now(),
-            request_id: Arc::from(""),
-            method: request.method().clone(),
-            version: request.version(),
-            path: request.uri().path().to_string(),
-            host: None,
-            client: None,
-            connection: connection.clone(),
-            request_body_size: None,
-            user_agent: None,
-        };
-        if generation.access_log {
-            seen.request_body_size = content_length(request.headers());
-            seen.user_agent = request
-                .headers()
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-        }
+        let mut seen = Seen::start(&request, &generation);
 
-        // Guards.
-        let host = match guards::check(request.uri(), request.headers(), limits.max_header_bytes) {
+        let host = match guards::check(
+            request.uri(),
+            request.headers(),
+            generation.limits.max_header_bytes,
+        ) {
             Ok(host) => host,
             Err(rejection) => {
                 seen.request_id = new_request_id();
@@ -141,88 +125,13 @@ impl Gateway {
                 return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
             }
         };
-        seen.host = host.clone();
+        seen.host = host;
 
-        // Identity: only the gateway sets `x-wasmgate-*`; then the client's identity headers.
-        let headers = request.headers_mut();
-        let spoofed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(GATEWAY_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            headers.remove(name);
-        }
-        match connection.as_deref() {
-            Some(connection) if depth == 0 => {
-                let client = generation
-                    .client
-                    .apply(headers, connection, host.as_deref());
-                seen.request_id = client.request_id.into();
-                seen.client = Some(client.address);
-            }
-            // A component's request to `http://self`: its headers are the component's own.
-            _ => {
-                seen.request_id = new_request_id();
-                headers.insert(REQUEST_ID_HEADER, header_value(&seen.request_id));
-            }
-        }
-        let request_id = seen.request_id.clone();
+        identify(&mut request, &generation, &mut seen, calls.depth);
 
-        // Route. A private route is as absent as no route to a client (404, never 405), and so
-        // is a route that does not serve the request's listener.
-        let listener = connection.as_ref().map(|c| c.listener.clone());
-        let visible =
-            |route: &Arc<Route>| depth > 0 || (!route.private && route.serves(listener.as_deref()));
-        let path = seen.path.clone();
-        let lookup = generation
-            .routes
-            .lookup(host.as_deref(), &seen.method, &path, visible);
-        // A cleartext listener with `http_redirect` sends what none of its routes serve to the
-        // TLS listener.
-        if !matches!(lookup, Lookup::Found(_))
-            && depth == 0
-            && let Some(redirect) = connection.as_ref().and_then(|c| c.redirect.as_deref())
-            && let Some(host) = host.as_deref()
-        {
-            let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            let page = redirect_page(&redirect.location(host, target), &request_id);
-            return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
-        }
-        let (route, extra_headers) = match lookup {
-            Lookup::Found(found) => {
-                let mut extra = Vec::with_capacity(found.params.len() + 2);
-                extra.push((ROUTE_HEADER, header_value(found.template)));
-                extra.push((PATH_INFO_HEADER, header_value(found.path_info)));
-                for (name, value) in &found.params {
-                    if let Ok(name) =
-                        HeaderName::try_from(format!("{GATEWAY_HEADER_PREFIX}param-{name}"))
-                    {
-                        extra.push((name, header_value(value)));
-                    }
-                }
-                (found.target.clone(), extra)
-            }
-            Lookup::MethodNotAllowed { allow } => {
-                let mut response = error_page(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    &request_id,
-                    "this path does not take that method",
-                );
-                let allow = allow
-                    .iter()
-                    .map(|m| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                response.headers_mut().insert(ALLOW, header_value(&allow));
-                return self.finish(&generation, &seen, UNMATCHED_ROUTE, response);
-            }
-            Lookup::NotFound => {
-                let page = error_page(
-                    StatusCode::NOT_FOUND,
-                    &request_id,
-                    "no route matches this request",
-                );
+        let (route, route_headers) = match choose_route(&generation, &request, &seen, calls.depth) {
+            Routed::To(route, headers) => (route, headers),
+            Routed::Answered(page) => {
                 return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
             }
         };
@@ -231,23 +140,19 @@ impl Gateway {
         let active = GaugeGuard::inc(&metrics.active_requests);
 
         // Body size, by its declared length.
+        let limits = generation.limits;
         let http1 = seen.version < http::Version::HTTP_2;
         if content_length(request.headers()).is_some_and(|len| len > limits.max_request_body) {
             drop(active);
             tokio::spawn(drain(request.into_body()));
-            let page = cut_page(BodyCut::TooLarge, &request_id, http1);
+            let page = cut_page(BodyCut::TooLarge, &seen.request_id, http1);
             return self.finish(&generation, &seen, &metrics.route, page);
         }
 
-        // Target.
         let headers = request.headers_mut();
-        for (name, value) in extra_headers {
+        for (name, value) in route_headers {
             headers.insert(name, value);
         }
-        let scheme = match connection.as_deref().map(|c| c.scheme) {
-            Some(crate::connection_info::Scheme::Https) => Scheme::Https,
-            _ => Scheme::Http,
-        };
         let cut = CutFlag::default();
         let request = request.map(|body| {
             LimitedBody::new(
@@ -257,29 +162,17 @@ impl Gateway {
                 cut.clone(),
             )
         });
-        let result = match &route.target {
-            Target::Component(component) => {
-                component
-                    .handle(
-                        request,
-                        scheme,
-                        &request_id,
-                        cut.clone(),
-                        SelfCalls {
-                            depth,
-                            pinned: Some(generation.clone()),
-                        },
-                    )
-                    .await
-            }
+        let calls = SelfCalls {
+            depth: calls.depth,
+            pinned: Some(generation.clone()),
         };
+        let result = call_target(&route, request, &seen, cut.clone(), calls).await;
         drop(active);
 
-        // Observe.
         let response = match (cut.get(), result) {
-            (Some(why), _) => cut_page(why, &request_id, http1),
+            (Some(why), _) => cut_page(why, &seen.request_id, http1),
             (None, Ok(response)) => response,
-            (None, Err(failure)) => failure_page(failure, &request_id),
+            (None, Err(failure)) => failure_page(failure, &seen.request_id),
         };
         self.finish(&generation, &seen, &metrics.route, response)
     }
@@ -341,6 +234,159 @@ struct Seen {
     connection: Option<Arc<ConnectionInfo>>,
     request_body_size: Option<u64>,
     user_agent: Option<String>,
+}
+
+impl Seen {
+    /// What the observe stage will need, taken as the request arrives.
+    fn start<B>(request: &Request<B>, generation: &Generation) -> Seen {
+        let mut seen = Seen {
+            started: Instant::now(),
+            request_id: Arc::from(""),
+            method: request.method().clone(),
+            version: request.version(),
+            path: request.uri().path().to_string(),
+            host: None,
+            client: None,
+            connection: request.extensions().get::<Arc<ConnectionInfo>>().cloned(),
+            request_body_size: None,
+            user_agent: None,
+        };
+        if generation.access_log {
+            seen.request_body_size = content_length(request.headers());
+            seen.user_agent = request
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
+        seen
+    }
+}
+
+/// The identity stage: only the gateway sets `x-wasmgate-*` headers; a client's request gets
+/// the client's identity headers and its request id (`client_identity`), a component's request
+/// to `http://self` keeps its own headers and gets a new request id.
+fn identify<B>(request: &mut Request<B>, generation: &Generation, seen: &mut Seen, depth: u32) {
+    let headers = request.headers_mut();
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(GATEWAY_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    match seen.connection.as_deref() {
+        Some(connection) if depth == 0 => {
+            let client = generation
+                .client
+                .apply(headers, connection, seen.host.as_deref());
+            seen.request_id = client.request_id.into();
+            seen.client = Some(client.address);
+        }
+        _ => {
+            seen.request_id = new_request_id();
+            headers.insert(REQUEST_ID_HEADER, header_value(&seen.request_id));
+        }
+    }
+}
+
+/// Headers the route stage adds for the target: the route template, the wildcard's match and
+/// each `:param`.
+type RouteHeaders = Vec<(HeaderName, HeaderValue)>;
+
+/// What the route stage settled.
+enum Routed {
+    /// The route, and the headers it adds for the target.
+    To(Arc<Route>, RouteHeaders),
+    /// No route: the answer (404, 405 with `Allow`, or 308 on a listener with `http_redirect`).
+    Answered(Response<ResponseBody>),
+}
+
+/// The route stage; see [`Routed`]. A private route is as absent as no route to a client (404,
+/// never 405), and so is a route that does not serve the request's listener.
+fn choose_route<B>(
+    generation: &Generation,
+    request: &Request<B>,
+    seen: &Seen,
+    depth: u32,
+) -> Routed {
+    let connection = seen.connection.as_deref();
+    let listener = connection.map(|c| &*c.listener);
+    let visible = |route: &Arc<Route>| depth > 0 || (!route.private && route.serves(listener));
+    let lookup = generation
+        .routes
+        .lookup(seen.host.as_deref(), &seen.method, &seen.path, visible);
+    if !matches!(lookup, Lookup::Found(_))
+        && depth == 0
+        && let Some(redirect) = connection.and_then(|c| c.redirect.as_deref())
+        && let Some(host) = seen.host.as_deref()
+    {
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        return Routed::Answered(redirect_page(
+            &redirect.location(host, target),
+            &seen.request_id,
+        ));
+    }
+    match lookup {
+        Lookup::Found(found) => {
+            let mut headers = Vec::with_capacity(found.params.len() + 2);
+            headers.push((ROUTE_HEADER, header_value(found.template)));
+            headers.push((PATH_INFO_HEADER, header_value(found.path_info)));
+            for (name, value) in &found.params {
+                if let Ok(name) =
+                    HeaderName::try_from(format!("{GATEWAY_HEADER_PREFIX}param-{name}"))
+                {
+                    headers.push((name, header_value(value)));
+                }
+            }
+            Routed::To(found.target.clone(), headers)
+        }
+        Lookup::MethodNotAllowed { allow } => {
+            let mut response = error_page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &seen.request_id,
+                "this path does not take that method",
+            );
+            let allow = allow
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            response.headers_mut().insert(ALLOW, header_value(&allow));
+            Routed::Answered(response)
+        }
+        Lookup::NotFound => Routed::Answered(error_page(
+            StatusCode::NOT_FOUND,
+            &seen.request_id,
+            "no route matches this request",
+        )),
+    }
+}
+
+/// The target stage: whatever serves the route answers the request.
+async fn call_target<B>(
+    route: &Route,
+    request: Request<LimitedBody<B>>,
+    seen: &Seen,
+    cut: CutFlag,
+    calls: SelfCalls,
+) -> Result<Response<ResponseBody>, Failure>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let scheme = match seen.connection.as_deref().map(|c| c.scheme) {
+        Some(crate::connection_info::Scheme::Https) => Scheme::Https,
+        _ => Scheme::Http,
+    };
+    match &route.target {
+        Target::Component(component) => {
+            component
+                .handle(request, scheme, &seen.request_id, cut, calls)
+                .await
+        }
+    }
 }
 
 fn new_request_id() -> Arc<str> {
