@@ -19,6 +19,7 @@ use crate::connection_info::ConnectionInfo;
 use crate::generation::{Generation, Route, Target};
 use crate::guards;
 use crate::metrics::{GaugeGuard, UNMATCHED_ROUTE};
+use crate::proxy::UpstreamFailure;
 use crate::router::Lookup;
 use crate::runtime::instance::Failure;
 use crate::runtime::loader::{self, Process};
@@ -386,6 +387,7 @@ where
                 .handle(request, scheme, &seen.request_id, cut, calls)
                 .await
         }
+        Target::Upstream(upstream) => upstream.forward(request, &seen.request_id).await,
     }
 }
 
@@ -456,6 +458,27 @@ fn failure_page(failure: Failure, request_id: &str) -> Response<ResponseBody> {
             request_id,
             "the component failed to handle the request",
         ),
+        Failure::Upstream(UpstreamFailure::Unreachable) => error_page(
+            StatusCode::BAD_GATEWAY,
+            request_id,
+            "the upstream could not be reached",
+        ),
+        Failure::Upstream(UpstreamFailure::TimedOut) => error_page(
+            StatusCode::GATEWAY_TIMEOUT,
+            request_id,
+            "the upstream did not answer in time",
+        ),
+        Failure::Upstream(UpstreamFailure::NoHealthyTarget) => {
+            let mut response = error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                request_id,
+                "no upstream target is healthy",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
     }
 }
 

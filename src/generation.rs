@@ -8,6 +8,7 @@
 
 use crate::client_identity::ClientPolicy;
 use crate::metrics::RouteMetrics;
+use crate::proxy::UpstreamRoute;
 use crate::router::RouteTable;
 use crate::runtime::component::Origin;
 use crate::runtime::instance::ComponentRoute;
@@ -62,6 +63,18 @@ impl Route {
 pub enum Target {
     /// A fresh instance of a component per request.
     Component(Arc<ComponentRoute>),
+    /// Forwarded to an HTTP service.
+    Upstream(Arc<UpstreamRoute>),
+}
+
+impl Target {
+    /// The route's admission state (what a reload may carry over).
+    pub fn admission(&self) -> &Arc<crate::runtime::admission::Admission> {
+        match self {
+            Target::Component(component) => component.admission(),
+            Target::Upstream(upstream) => &upstream.admission,
+        }
+    }
 }
 
 impl Generation {
@@ -89,7 +102,8 @@ impl Generation {
             .map(|(_, route)| {
                 let private = if route.private { " private" } else { "" };
                 let target = match &route.target {
-                    Target::Component(component) => component.component(),
+                    Target::Component(component) => component.component().to_string(),
+                    Target::Upstream(upstream) => upstream.describe(),
                 };
                 format!("{} {target}{private}", route.metrics.route)
             })

@@ -18,6 +18,7 @@ pub mod generation;
 pub mod guards;
 pub mod host_pattern;
 pub mod metrics;
+pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod runtime;

@@ -52,6 +52,9 @@ pub struct Metrics {
     tls_certificate_reloads: IntCounterVec,
     tls_certificate_expiry: IntGaugeVec,
     tls_handshake_failures: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_healthy: IntGaugeVec,
     /// The live generation's number: 1 for the config loaded at start, +1 per applied reload.
     pub config_generation: IntGauge,
     /// When the last reload (or the first load) was applied, in seconds since the epoch.
@@ -162,6 +165,22 @@ impl Metrics {
                 "TLS handshakes that failed, by reason.",
                 &["reason"],
             ),
+            upstream_requests: counter(
+                "wasmgate_upstream_requests_total",
+                "Requests sent to upstream targets, by upstream, target and status (the response's, or timeout, error).",
+                &["upstream", "target", "status"],
+            ),
+            upstream_duration: histogram(
+                "wasmgate_upstream_request_duration_seconds",
+                "Time upstream targets took to send their response headers.",
+                REQUEST_BUCKETS,
+                &["upstream", "target"],
+            ),
+            upstream_healthy: gauge(
+                "wasmgate_upstream_target_healthy",
+                "1 while an upstream target takes requests, 0 while it is ejected.",
+                &["upstream", "target"],
+            ),
             config_generation: registered(
                 &registry,
                 IntGauge::new(
@@ -228,6 +247,21 @@ impl Metrics {
         self.tls_handshake_failures
             .with_label_values(&[reason.as_str()])
             .inc();
+    }
+
+    /// The health gauge of one upstream target.
+    pub fn upstream_target_healthy(&self, upstream: &str, target: &str) -> IntGauge {
+        self.upstream_healthy.with_label_values(&[upstream, target])
+    }
+
+    /// Counts a request sent to an upstream target and how long its headers took.
+    pub fn upstream_request(&self, upstream: &str, target: &str, status: &str, seconds: f64) {
+        self.upstream_requests
+            .with_label_values(&[upstream, target, status])
+            .inc();
+        self.upstream_duration
+            .with_label_values(&[upstream, target])
+            .observe(seconds);
     }
 
     /// Handles for one route's metrics.

@@ -185,7 +185,12 @@ impl Reloader {
         let state = self.state.lock().await;
         let live = &state.live;
         let mut files = vec![self.path.clone()];
-        files.extend(live.routes.iter().map(|r| live.resolve(&r.component)));
+        files.extend(
+            live.routes
+                .iter()
+                .filter_map(|r| r.component.as_deref())
+                .map(|c| live.resolve(c)),
+        );
         files.extend(live.components.values().map(|c| live.resolve(&c.path)));
         files.sort();
         files.dedup();

@@ -257,8 +257,9 @@ async fn the_old_generation_is_freed_when_its_last_request_ends() {
         .generation()
         .routes
         .targets()
-        .map(|(_, route)| match &route.target {
-            Target::Component(component) => Arc::downgrade(component),
+        .filter_map(|(_, route)| match &route.target {
+            Target::Component(component) => Some(Arc::downgrade(component)),
+            Target::Upstream(_) => None,
         })
         .collect();
 

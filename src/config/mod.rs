@@ -11,8 +11,10 @@
 
 pub mod listener;
 pub mod units;
+pub mod upstream;
 
 pub use listener::{ListenerConfig, TlsConfig};
+pub use upstream::UpstreamConfig;
 
 use crate::connection_info::{Redirect, Scheme};
 use crate::host_pattern::HostPattern;
@@ -41,6 +43,9 @@ pub struct Config {
     /// Named components (`[component.NAME]`) that routes' components link to.
     #[serde(default, rename = "component")]
     pub components: BTreeMap<String, NamedComponentConfig>,
+    /// HTTP services that routes forward to (`[upstream.NAME]`).
+    #[serde(default, rename = "upstream")]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// The routes, in any order: matching picks the most specific one.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -340,8 +345,14 @@ pub struct RouteConfig {
     pub path: String,
     /// Absent means every method.
     pub methods: Option<Vec<String>>,
-    /// The component that serves the route (a `wasi:http/incoming-handler` component).
-    pub component: PathBuf,
+    /// The component that serves the route (a `wasi:http/incoming-handler` component); a route
+    /// has this or `upstream`.
+    pub component: Option<PathBuf>,
+    /// The `[upstream.NAME]` the route forwards to.
+    pub upstream: Option<String>,
+    /// On an upstream route: a leading part of the path taken off before forwarding
+    /// (`/api` makes `/api/users` `/users`).
+    pub strip_prefix: Option<String>,
     /// Interfaces the component imports from named components, linked in process:
     /// `{ "pkg:name/interface" = "COMPONENT" }`.
     #[serde(default)]
@@ -576,8 +587,12 @@ impl Config {
         }
         self.check_listeners()?;
         self.check_links()?;
+        for (name, upstream) in &self.upstreams {
+            upstream.check(name)?;
+        }
         for (index, route) in self.routes.iter().enumerate() {
             let name = route.describe(index);
+            self.check_target(route, &name)?;
             if route.max_concurrency == 0 {
                 bail!("{name}: max_concurrency must be at least 1");
             }
@@ -596,6 +611,65 @@ impl Config {
             for key in route.env.keys() {
                 if key.is_empty() || key.contains('=') || key.contains('\0') {
                     bail!("{name}: env key `{key}` is not a valid variable name");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// A route has a component or an upstream, and an upstream route none of a component's
+    /// settings.
+    fn check_target(&self, route: &RouteConfig, name: &str) -> anyhow::Result<()> {
+        match (&route.component, &route.upstream) {
+            (Some(_), Some(_)) => bail!("{name}: has both `component` and `upstream`; give one"),
+            (None, None) => bail!("{name}: needs a `component` or an `upstream`"),
+            (Some(_), None) => {
+                if route.strip_prefix.is_some() {
+                    bail!("{name}: strip_prefix is for upstream routes");
+                }
+            }
+            (None, Some(upstream)) => {
+                if !self.upstreams.contains_key(upstream) {
+                    let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                    bail!(
+                        "{name}: upstream `{upstream}` is not defined (defined: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    );
+                }
+                let component_only = [
+                    ("links", !route.links.is_empty()),
+                    ("env", !route.env.is_empty()),
+                    (
+                        "allowed_outbound_hosts",
+                        !route.allowed_outbound_hosts.is_empty(),
+                    ),
+                    ("keyvalue", !route.keyvalue.is_empty()),
+                    ("config", !route.config.is_empty()),
+                    ("max_memory", route.max_memory.is_some()),
+                ];
+                if let Some((key, _)) = component_only.iter().find(|(_, set)| *set) {
+                    bail!("{name}: `{key}` is for component routes, not upstream routes");
+                }
+                if let Some(prefix) = &route.strip_prefix {
+                    let literal = prefix.starts_with('/')
+                        && !prefix.ends_with('/')
+                        && !prefix.contains(':')
+                        && !prefix.contains("...");
+                    let under =
+                        route.path == *prefix || route.path.starts_with(&format!("{prefix}/"));
+                    if !literal || !under {
+                        bail!(
+                            "{name}: strip_prefix `{prefix}` must be a literal leading part of the \
+                             route's path `{}` (like `/api` for `/api/...`)",
+                            route.path
+                        );
+                    }
                 }
             }
         }
@@ -884,7 +958,7 @@ mod tests {
         assert_eq!(route.max_memory, Some(32 << 20));
         assert_eq!(route.queue_timeout, Duration::from_secs(1));
         assert_eq!(
-            config.resolve(&route.component),
+            config.resolve(route.component.as_deref().expect("a component route")),
             PathBuf::from("/etc/wasmgate/hello.wasm")
         );
     }

@@ -197,6 +197,8 @@ pub enum Failure {
     TimedOut,
     /// The guest trapped, returned without a response, or sent an error (500).
     GuestFailed,
+    /// An upstream route's targets did not answer (502, 503, 504).
+    Upstream(crate::proxy::UpstreamFailure),
 }
 
 /// The settings of a component route that shape each request.

@@ -15,6 +15,7 @@ use crate::client_identity::ClientPolicy;
 use crate::config::{Config, RouteConfig};
 use crate::generation::{Generation, RequestLimits, Route, Target};
 use crate::metrics::Metrics;
+use crate::proxy::{Upstream, UpstreamRoute};
 use crate::router::{RouteSpec, RouteTable};
 use crate::runtime::admission::{Admission, AdmissionLimits};
 use crate::runtime::component::{self, Origin};
@@ -130,11 +131,21 @@ fn load_routes(
     // The previous generation's admission state by route name, where the name is unique.
     let mut previous_admission: HashMap<&str, Option<&Arc<Admission>>> = HashMap::new();
     for (_, route) in previous.routes.targets() {
-        let Target::Component(component) = &route.target;
         previous_admission
             .entry(&route.metrics.route)
             .and_modify(|shared| *shared = None)
-            .or_insert(Some(component.admission()));
+            .or_insert(Some(route.target.admission()));
+    }
+    let mut upstreams = HashMap::new();
+    for (name, upstream) in &config.upstreams {
+        let built = Upstream::build(
+            name,
+            upstream,
+            |p| config.resolve(p),
+            process.metrics.clone(),
+        )
+        .with_context(|| format!("[upstream.{name}]"))?;
+        upstreams.insert(name.as_str(), Arc::new(built));
     }
     for name in config.unused_components() {
         tracing::warn!(
@@ -145,45 +156,53 @@ fn load_routes(
     }
     // Each distinct component file (with the same links) is loaded once, however many routes
     // use it.
-    let mut loaded: HashMap<(PathBuf, &BTreeMap<String, String>), ProxyPre<HostState>> =
-        HashMap::new();
+    let mut loaded: Loaded = HashMap::new();
     let mut components = Vec::new();
     let mut specs = Vec::with_capacity(config.routes.len());
     for (index, route) in config.routes.iter().enumerate() {
         let name = route.describe(index);
-        let path = config.resolve(&route.component);
-        let key = (path.clone(), &route.links);
-        let pre = match loaded.get(&key) {
-            Some(pre) => pre.clone(),
-            None => {
-                let (pre, origin) =
-                    load_route_component(config, route, &process.engine, &process.linker)
-                        .map_err(|e| with_build_hint(e, &path))
-                        .with_context(|| name.clone())?;
-                components.push((path.clone(), origin));
-                loaded.insert(key, pre.clone());
-                pre
-            }
-        };
-        let grants = stores
-            .grants(&route.keyvalue)
-            .with_context(|| name.clone())?;
         let label = route.label();
         let admission = admission(
             route,
             previous_admission.get(label.as_str()).copied().flatten(),
         );
-        let component = component_route(
-            config,
-            route,
-            pre,
-            grants,
-            self_handle.clone(),
-            process,
-            admission,
-        )
-        .with_context(|| name.clone())?;
-        let metrics = component.metrics().clone();
+        let listeners = route
+            .listeners
+            .as_ref()
+            .map(|names| names.iter().map(|n| Arc::from(n.as_str())).collect());
+        let (metrics, target) = match (&route.component, &route.upstream) {
+            (None, Some(upstream)) => {
+                let upstream = upstreams
+                    .get(upstream.as_str())
+                    .cloned()
+                    .with_context(|| format!("{name}: upstream `{upstream}` is not defined"))?;
+                let metrics = process.metrics.route(&label);
+                let target = Target::Upstream(Arc::new(UpstreamRoute {
+                    upstream,
+                    strip_prefix: route.strip_prefix.clone(),
+                    admission,
+                    metrics: metrics.clone(),
+                }));
+                (metrics, target)
+            }
+            _ => {
+                let component = load_component_route(
+                    process,
+                    stores,
+                    config,
+                    self_handle,
+                    route,
+                    &name,
+                    admission,
+                    &mut loaded,
+                    &mut components,
+                )?;
+                (
+                    component.metrics().clone(),
+                    Target::Component(Arc::new(component)),
+                )
+            }
+        };
         specs.push(RouteSpec {
             host: route.host.clone(),
             path: route.path.clone(),
@@ -191,11 +210,8 @@ fn load_routes(
             target: Arc::new(Route {
                 metrics,
                 private: route.private,
-                listeners: route
-                    .listeners
-                    .as_ref()
-                    .map(|names| names.iter().map(|n| Arc::from(n.as_str())).collect()),
-                target: Target::Component(Arc::new(component)),
+                listeners,
+                target,
             }),
         });
     }
@@ -217,15 +233,67 @@ fn load_routes(
     })
 }
 
+/// Components loaded so far in one generation, by file and links: each is loaded once, however
+/// many routes use it.
+type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>), ProxyPre<HostState>>;
+
+/// A component route: its component loaded (or taken from `loaded`), its grants and settings.
+#[allow(clippy::too_many_arguments)]
+fn load_component_route<'a>(
+    process: &Process,
+    stores: &Stores,
+    config: &Config,
+    self_handle: &SelfHandle,
+    route: &'a RouteConfig,
+    name: &str,
+    admission: Arc<Admission>,
+    loaded: &mut Loaded<'a>,
+    components: &mut Vec<(PathBuf, Origin)>,
+) -> anyhow::Result<ComponentRoute> {
+    {
+        let Some(component) = route.component.as_deref() else {
+            anyhow::bail!("{name}: needs a `component` or an `upstream`");
+        };
+        let path = config.resolve(component);
+        let key = (path.clone(), &route.links);
+        let pre = match loaded.get(&key) {
+            Some(pre) => pre.clone(),
+            None => {
+                let (pre, origin) =
+                    load_route_component(config, route, &path, &process.engine, &process.linker)
+                        .map_err(|e| with_build_hint(e, &path))
+                        .with_context(|| name.to_string())?;
+                components.push((path.clone(), origin));
+                loaded.insert(key, pre.clone());
+                pre
+            }
+        };
+        let grants = stores
+            .grants(&route.keyvalue)
+            .with_context(|| name.to_string())?;
+        component_route(
+            config,
+            route,
+            pre,
+            grants,
+            self_handle.clone(),
+            process,
+            admission,
+        )
+        .with_context(|| name.to_string())
+    }
+}
+
 /// The route's component, composed with the components it links to if it has `links`, compiled
 /// and pre-instantiated.
 fn load_route_component(
     config: &Config,
     route: &RouteConfig,
+    path: &std::path::Path,
     engine: &wasmtime::Engine,
     linker: &Linker<HostState>,
 ) -> anyhow::Result<(ProxyPre<HostState>, Origin)> {
-    let path = config.resolve(&route.component);
+    let path = path.to_path_buf();
     let cache_dir = config.cache_dir();
     let in_context = |e: anyhow::Error| e.context(format!("component {}", path.display()));
     if route.links.is_empty() {
@@ -323,8 +391,12 @@ fn component_route(
     let max_memory = route
         .max_memory
         .unwrap_or(config.engine.max_instance_memory);
-    let file = route.component.file_name().map_or_else(
-        || route.component.display().to_string(),
+    let component = route
+        .component
+        .as_deref()
+        .unwrap_or(std::path::Path::new(""));
+    let file = component.file_name().map_or_else(
+        || component.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
     );
     let providers: std::collections::BTreeSet<&String> = route.links.values().collect();

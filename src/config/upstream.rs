@@ -1,0 +1,193 @@
+//! `[upstream.NAME]`: HTTP services that routes forward to (`upstream = "NAME"` on a route).
+
+use super::units;
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One `[upstream.NAME]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port` or `https://host:port`, one or more.
+    pub targets: Vec<String>,
+    /// How a request picks its target.
+    #[serde(default)]
+    pub balance: Balance,
+    /// How long connecting to a target may take; then the next target is tried (a retry), or
+    /// the client gets 502.
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub connect_timeout: Duration,
+    /// How long a target may take to send its response headers: 504.
+    #[serde(default = "default_timeout", deserialize_with = "units::duration")]
+    pub timeout: Duration,
+    /// The `Host` the target sees.
+    #[serde(default)]
+    pub host_header: HostHeader,
+    /// Sending a request again to another target.
+    #[serde(default)]
+    pub retries: Retries,
+    /// Consecutive failures (connect errors, 502, 503, 504) that take a target out of rotation.
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    /// How long an ejected target stays out before it is tried again.
+    #[serde(default = "default_eject_for", deserialize_with = "units::duration")]
+    pub eject_for: Duration,
+    /// For `https://` targets: a CA (PEM) to trust besides the public roots, and the name to
+    /// verify when it is not the target's host.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How a request picks its target among the healthy ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// The less busy of two targets picked at random (power of two choices).
+    LeastRequest,
+}
+
+/// The `Host` header a target sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHeader {
+    /// The client's.
+    #[default]
+    Client,
+    /// The target's own `host:port`.
+    Target,
+}
+
+/// `retries = { attempts = 2, on = ["connect-failure", "502", "503"] }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Further tries after the first, each on another target. Only requests without a body and
+    /// with an idempotent method are retried.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: 0,
+            on: default_retry_on(),
+        }
+    }
+}
+
+/// What a retry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RetryOn {
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    #[serde(rename = "502")]
+    BadGateway,
+    #[serde(rename = "503")]
+    Unavailable,
+    #[serde(rename = "504")]
+    Timeout,
+}
+
+/// `tls = { ca = "internal-ca.pem", server_name = "api.internal" }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_eject_after() -> u32 {
+    5
+}
+
+fn default_eject_for() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectFailure]
+}
+
+impl UpstreamConfig {
+    /// Checks the targets and limits; an error names the upstream.
+    pub fn check(&self, name: &str) -> anyhow::Result<()> {
+        let what = || format!("[upstream.{name}]");
+        if self.targets.is_empty() {
+            bail!(
+                "{}: `targets` needs at least one `http://host:port`",
+                what()
+            );
+        }
+        for target in &self.targets {
+            target_uri(target).with_context(|| format!("{}: target `{target}`", what()))?;
+        }
+        if self.connect_timeout.is_zero() || self.timeout.is_zero() {
+            bail!(
+                "{}: connect_timeout and timeout must be longer than zero",
+                what()
+            );
+        }
+        if self.eject_after == 0 {
+            bail!("{}: eject_after must be at least 1", what());
+        }
+        Ok(())
+    }
+}
+
+/// A target as a URI: `http` or `https`, a host, an optional port, no path, query or user.
+pub fn target_uri(text: &str) -> anyhow::Result<http::Uri> {
+    let uri: http::Uri = text
+        .parse()
+        .context("must look like `http://10.0.0.5:8000`")?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => bail!("the scheme must be http or https"),
+    }
+    let authority = uri.authority().context("needs a host")?;
+    if authority.as_str().contains('@') {
+        bail!("must not carry credentials");
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        bail!("must not have a path or query (use the route's strip_prefix to rewrite paths)");
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::PathBuf;
+
+    /// The TOML examples of docs/upstreams.md are configs the gateway takes.
+    #[test]
+    fn the_documented_examples_parse() {
+        let doc = include_str!("../../docs/upstreams.md");
+        let mut blocks = 0;
+        for block in doc.split("```toml\n").skip(1) {
+            let text = block.split("```").next().unwrap_or_default();
+            let config = Config::parse(text, PathBuf::from("/etc/wasmgate"))
+                .unwrap_or_else(|e| panic!("docs/upstreams.md example:\n{text}\n{e:#}"));
+            assert!(!config.upstreams.is_empty());
+            blocks += 1;
+        }
+        assert!(blocks >= 1);
+    }
+}

@@ -1,0 +1,422 @@
+//! Upstream routes: requests forwarded to HTTP services (`[upstream.NAME]`, a route's
+//! `upstream = "NAME"`), so one gateway fronts components and existing services alike.
+//!
+//! Every upstream has one pooled hyper-util client (keep-alive, HTTP/1.1 to `http://`
+//! targets, HTTP/1.1 or h2 by ALPN to `https://` targets over rustls with the public roots and
+//! the upstream's own CA). Bodies stream both ways; nothing is buffered. An upstream route
+//! goes through the same stages as a component route (guards, the client's identity headers,
+//! admission with the route's `max_concurrency` and queue, metrics, the access log); its
+//! target stage ([`UpstreamRoute::forward`]):
+//!
+//! 1. picks a healthy target: round robin, or the less busy of two (`least_request`);
+//! 2. rewrites the request: `strip_prefix` off the path, hop-by-hop headers removed
+//!    (`headers`), `via` added, `Host` kept or set to the target's;
+//! 3. sends it, with `connect_timeout` for the connection and `timeout` for the response
+//!    headers: a connection that fails is 502, a target past its timeout 504, no healthy
+//!    target 503 with `Retry-After`;
+//! 4. retries on another target when `retries` allows it (idempotent methods without a body
+//!    only: a streamed body cannot be sent twice);
+//! 5. counts the outcome per target: `eject_after` consecutive failures take a target out of
+//!    rotation for `eject_for` (passive health checking).
+//!
+//! A response cut off mid-body by the target ends the client's response with an error, so the
+//! client sees an aborted response (HTTP/1.1 closes without the last chunk, HTTP/2 resets the
+//! stream), never a complete-looking one.
+
+mod headers;
+
+use crate::body::{BoxError, ResponseBody};
+use crate::config::upstream::{Balance, HostHeader, Retries, RetryOn, UpstreamConfig, target_uri};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::runtime::admission::Admission;
+use crate::runtime::instance::Failure;
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What an upstream route could not get from its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection to the target, or it broke before the response headers: 502.
+    Unreachable,
+    /// The target did not send its response headers within `timeout`: 504.
+    TimedOut,
+    /// Every target is ejected: 503 with `Retry-After`.
+    NoHealthyTarget,
+}
+
+type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// One `[upstream.NAME]`, built: its targets, their health, and the pooled client.
+pub struct Upstream {
+    name: Arc<str>,
+    targets: Vec<UpstreamTarget>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    balance: Balance,
+    timeout: Duration,
+    host_header: HostHeader,
+    retries: Retries,
+    eject_after: u32,
+    eject_for: Duration,
+    next: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+struct UpstreamTarget {
+    scheme: Scheme,
+    authority: Authority,
+    /// `http://10.0.0.5:8000`, the `target` label.
+    label: Arc<str>,
+    in_flight: AtomicUsize,
+    failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+    healthy: prometheus::IntGauge,
+}
+
+impl Upstream {
+    /// Builds `config` (named `name`); `resolve` makes the CA path absolute.
+    pub fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        resolve: impl Fn(&Path) -> PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Upstream> {
+        let mut targets = Vec::with_capacity(config.targets.len());
+        for text in &config.targets {
+            let uri = target_uri(text)?;
+            let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+            else {
+                anyhow::bail!("target `{text}` needs a scheme and a host");
+            };
+            let label: Arc<str> = format!("{scheme}://{authority}").into();
+            let healthy = metrics.upstream_target_healthy(name, &label);
+            healthy.set(1);
+            targets.push(UpstreamTarget {
+                scheme,
+                authority,
+                label,
+                in_flight: AtomicUsize::new(0),
+                failures: AtomicU32::new(0),
+                ejected_until: Mutex::new(None),
+                healthy,
+            });
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = config.tls.as_ref();
+        if let Some(ca) = tls.and_then(|t| t.ca.as_ref()) {
+            let ca = resolve(ca);
+            for cert in crate::tls::certs::read_certificates(&ca)? {
+                roots
+                    .add(cert)
+                    .with_context(|| format!("tls ca {}: not a CA certificate", ca.display()))?;
+            }
+        }
+        let client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls)
+            .https_or_http();
+        let builder = match tls.and_then(|t| t.server_name.clone()) {
+            Some(server_name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                    rustls::pki_types::ServerName::try_from(server_name.clone())
+                        .with_context(|| format!("tls server_name `{server_name}`"))?,
+                ))
+            }
+            None => builder,
+        };
+        let connector = builder.enable_all_versions().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Upstream {
+            name: name.into(),
+            targets,
+            client,
+            balance: config.balance,
+            timeout: config.timeout,
+            host_header: config.host_header,
+            retries: config.retries.clone(),
+            eject_after: config.eject_after,
+            eject_for: config.eject_for,
+            next: AtomicUsize::new(0),
+            metrics,
+        })
+    }
+
+    /// Whether target `index` may take requests now (an ejection that ran out counts as
+    /// healthy: the next request tries it again).
+    fn available(&self, index: usize) -> bool {
+        let target = &self.targets[index];
+        let mut ejected = lock(&target.ejected_until);
+        match *ejected {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                *ejected = None;
+                target.healthy.set(1);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// A healthy target not in `tried`, by the upstream's balance.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.targets.len())
+            .filter(|i| !tried.contains(i) && self.available(*i))
+            .collect();
+        match (candidates.len(), self.balance) {
+            (0, _) => None,
+            (1, _) => Some(candidates[0]),
+            (n, Balance::RoundRobin) => {
+                Some(candidates[self.next.fetch_add(1, Ordering::Relaxed) % n])
+            }
+            (n, Balance::LeastRequest) => {
+                let a = candidates[fastrand_index(n)];
+                let b = candidates[fastrand_index(n)];
+                let load = |i: usize| self.targets[i].in_flight.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
+    }
+
+    /// Records how a request to target `index` went, for passive health checking.
+    fn record(&self, index: usize, failed: bool) {
+        let target = &self.targets[index];
+        if !failed {
+            target.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = target.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.eject_after {
+            target.failures.store(0, Ordering::Relaxed);
+            *lock(&target.ejected_until) = Some(Instant::now() + self.eject_for);
+            target.healthy.set(0);
+            tracing::warn!(
+                upstream = %self.name,
+                target = %target.label,
+                failures,
+                eject_for_seconds = self.eject_for.as_secs_f64(),
+                "upstream target ejected after consecutive failures"
+            );
+        }
+    }
+}
+
+/// A uniformly random index below `n`, for the power of two choices.
+fn fastrand_index(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_usize(n);
+    (hasher.finish() % n as u64) as usize
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A route that forwards to an upstream.
+pub struct UpstreamRoute {
+    pub upstream: Arc<Upstream>,
+    pub strip_prefix: Option<String>,
+    /// Shared with the same route of the previous generation when its limits did not change.
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// How one try ended, before deciding on a retry.
+enum Tried {
+    Answered(Response<hyper::body::Incoming>),
+    Failed(UpstreamFailure, Option<RetryOn>),
+}
+
+impl UpstreamRoute {
+    /// The upstream's name, for `/routes` and `check`.
+    pub fn describe(&self) -> String {
+        format!("upstream {}", self.upstream.name)
+    }
+
+    /// Forwards `request`; see the module docs.
+    pub async fn forward<B>(
+        &self,
+        request: Request<B>,
+        request_id: &str,
+    ) -> Result<Response<ResponseBody>, Failure>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let permit = self.admission.acquire().await.map_err(|reason| {
+            self.metrics.rejected(reason);
+            Failure::Rejected(reason)
+        })?;
+        let upstream = &self.upstream;
+        let (mut parts, body) = request.into_parts();
+        let path_and_query = self.rewrite_path(&parts.uri);
+        headers::prepare_request(&mut parts.headers, parts.version);
+        let client_host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        // Only a request that can be sent again may be retried.
+        let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+        let attempts = 1 + if replayable {
+            upstream.retries.attempts
+        } else {
+            0
+        };
+        let mut body = Some(body);
+        let mut tried = Vec::new();
+        let mut last = UpstreamFailure::NoHealthyTarget;
+        for attempt in 0..attempts {
+            let Some(index) = upstream.pick(&tried) else {
+                break;
+            };
+            tried.push(index);
+            let target = &upstream.targets[index];
+            let outgoing_body: ProxyBody = match body.take() {
+                Some(body) if attempt == 0 => body.map_err(Into::into).boxed_unsync(),
+                _ => http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            };
+            let mut outgoing = Request::new(outgoing_body);
+            *outgoing.method_mut() = parts.method.clone();
+            *outgoing.headers_mut() = parts.headers.clone();
+            *outgoing.uri_mut() = match Uri::builder()
+                .scheme(target.scheme.clone())
+                .authority(target.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+            {
+                Ok(uri) => uri,
+                Err(_) => return Err(Failure::BadRequest("the path cannot be forwarded".into())),
+            };
+            let host = match upstream.host_header {
+                HostHeader::Target => Some(target.authority.as_str().to_string()),
+                HostHeader::Client => client_host.clone(),
+            };
+            if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+                outgoing.headers_mut().insert(http::header::HOST, host);
+            }
+
+            let started = Instant::now();
+            target.in_flight.fetch_add(1, Ordering::Relaxed);
+            let sent =
+                tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await;
+            target.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let tried_now = match sent {
+                Err(_) => Tried::Failed(UpstreamFailure::TimedOut, Some(RetryOn::Timeout)),
+                Ok(Err(error)) => {
+                    tracing::debug!(upstream = %upstream.name, target = %target.label, request_id, error = %error, "upstream request failed");
+                    let retry = error.is_connect().then_some(RetryOn::ConnectFailure);
+                    Tried::Failed(UpstreamFailure::Unreachable, retry)
+                }
+                Ok(Ok(response)) => Tried::Answered(response),
+            };
+            let status_label = match &tried_now {
+                Tried::Answered(response) => response.status().as_str().to_string(),
+                Tried::Failed(UpstreamFailure::TimedOut, _) => "timeout".into(),
+                Tried::Failed(_, _) => "error".into(),
+            };
+            upstream.metrics.upstream_request(
+                &upstream.name,
+                &target.label,
+                &status_label,
+                started.elapsed().as_secs_f64(),
+            );
+            let (failed, retry_on) = match &tried_now {
+                Tried::Answered(response) => {
+                    let retry = match response.status() {
+                        StatusCode::BAD_GATEWAY => Some(RetryOn::BadGateway),
+                        StatusCode::SERVICE_UNAVAILABLE => Some(RetryOn::Unavailable),
+                        StatusCode::GATEWAY_TIMEOUT => Some(RetryOn::Timeout),
+                        _ => None,
+                    };
+                    (retry.is_some(), retry)
+                }
+                Tried::Failed(_, retry) => (true, *retry),
+            };
+            upstream.record(index, failed);
+            let retry = retry_on.is_some_and(|on| upstream.retries.on.contains(&on))
+                && attempt + 1 < attempts;
+            match tried_now {
+                Tried::Answered(response) if !retry => {
+                    let (mut response_parts, incoming) = response.into_parts();
+                    headers::prepare_response(&mut response_parts.headers);
+                    // The route's admission permit goes with the body, until it is sent or dropped.
+                    let body = incoming.map_err(move |error| {
+                        let _held = &permit;
+                        BoxError::from(error)
+                    });
+                    return Ok(Response::from_parts(response_parts, body.boxed_unsync()));
+                }
+                Tried::Answered(_) => last = UpstreamFailure::Unreachable,
+                Tried::Failed(failure, _) => {
+                    last = failure;
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(Failure::Upstream(last))
+    }
+
+    /// The path and query the target gets: the client's, without `strip_prefix`.
+    fn rewrite_path(&self, uri: &Uri) -> PathAndQuery {
+        let path = uri.path();
+        let path = match &self.strip_prefix {
+            Some(prefix) => match path.strip_prefix(prefix.as_str()) {
+                Some("") => "/",
+                Some(rest) => rest,
+                None => path,
+            },
+            None => path,
+        };
+        let text = match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_string(),
+        };
+        text.parse()
+            .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
