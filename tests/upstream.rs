@@ -27,6 +27,8 @@ struct TestServer {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    /// What `/healthz` answers.
+    health: Arc<std::sync::atomic::AtomicU16>,
 }
 
 async fn test_server(name: &'static str) -> TestServer {
@@ -34,7 +36,8 @@ async fn test_server(name: &'static str) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
-    let (c, r) = (connections.clone(), requests.clone());
+    let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let (c, r, h) = (connections.clone(), requests.clone(), health.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -42,10 +45,19 @@ async fn test_server(name: &'static str) -> TestServer {
             };
             c.fetch_add(1, Ordering::Relaxed);
             let requests = r.clone();
+            let health = h.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
+                    if request.uri().path() == "/healthz" {
+                        let status = health.load(Ordering::Relaxed);
+                        let mut response = Response::new(text_body(name));
+                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        return futures::future::Either::Left(async move {
+                            Ok::<_, Infallible>(response)
+                        });
+                    }
                     requests.fetch_add(1, Ordering::Relaxed);
-                    answer(name, request)
+                    futures::future::Either::Right(answer(name, request))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -57,6 +69,7 @@ async fn test_server(name: &'static str) -> TestServer {
         addr,
         connections,
         requests,
+        health,
     }
 }
 
@@ -482,4 +495,61 @@ async fn https_targets_are_verified_against_the_configured_ca_and_speak_h2() {
     // Without the internal CA, the target's certificate is not trusted.
     let (status, _, _) = get(&http1(), &gw.url("/untrusted/x")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn active_health_checks_take_a_target_out_and_bring_it_back() {
+    let (a, b) = (test_server("a").await, test_server("b").await);
+    let target_a = format!("http://{}", a.addr);
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        upstream(
+            "api",
+            &[target_a.clone(), format!("http://{}", b.addr)],
+            "health = { path = \"/healthz\", interval = \"100ms\", unhealthy_after = 2, healthy_after = 2 }\n"
+        ),
+        upstream_route("/...", "api", "")
+    ));
+    let healthy = |metrics: &str| {
+        metric_value(
+            metrics,
+            "wasmgate_upstream_target_healthy",
+            &[("upstream", "api"), ("target", &target_a)],
+        )
+    };
+    let wait_for = |want: f64| {
+        let gw = &gw;
+        async move {
+            let started = std::time::Instant::now();
+            while healthy(&gw.metrics().await) != Some(want) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "target a never {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    a.health.store(503, Ordering::Relaxed);
+    wait_for(0.0).await;
+    for i in 0..20 {
+        let (status, headers, _) = get(&http1(), &gw.url(&format!("/r{i}"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers["x-server"], "b",
+            "request {i} reached the unhealthy target"
+        );
+    }
+    a.health.store(200, Ordering::Relaxed);
+    wait_for(1.0).await;
+    let mut servers = std::collections::HashSet::new();
+    for i in 0..10 {
+        let (_, headers, _) = get(&http1(), &gw.url(&format!("/s{i}"))).await;
+        servers.insert(headers["x-server"].to_str().unwrap().to_string());
+    }
+    assert!(
+        servers.contains("a"),
+        "target a is back in rotation: {servers:?}"
+    );
+    assert!(gw.output().contains("failed its health checks"));
 }

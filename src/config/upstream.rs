@@ -40,6 +40,49 @@ pub struct UpstreamConfig {
     /// For `https://` targets: a CA (PEM) to trust besides the public roots, and the name to
     /// verify when it is not the target's host.
     pub tls: Option<UpstreamTls>,
+    /// Active health checks: a GET to each target every `interval`.
+    pub health: Option<HealthCheck>,
+}
+
+/// `health = { path = "/healthz", interval = "5s", unhealthy_after = 3, healthy_after = 2 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Answered with 2xx or 3xx by a healthy target.
+    pub path: String,
+    #[serde(
+        default = "default_health_interval",
+        deserialize_with = "units::duration"
+    )]
+    pub interval: Duration,
+    /// How long one check may take.
+    #[serde(
+        default = "default_health_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub timeout: Duration,
+    /// Failed checks in a row that take a target out of rotation.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// Passed checks in a row that bring it back.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_unhealthy_after() -> u32 {
+    3
+}
+
+fn default_healthy_after() -> u32 {
+    2
 }
 
 /// How a request picks its target among the healthy ones.
@@ -147,6 +190,29 @@ impl UpstreamConfig {
         }
         if self.eject_after == 0 {
             bail!("{}: eject_after must be at least 1", what());
+        }
+        if let Some(health) = &self.health {
+            if !health.path.starts_with('/')
+                || health.path.parse::<http::uri::PathAndQuery>().is_err()
+            {
+                bail!(
+                    "{}: health path `{}` must be a path like `/healthz`",
+                    what(),
+                    health.path
+                );
+            }
+            if health.interval.is_zero() || health.timeout.is_zero() {
+                bail!(
+                    "{}: health interval and timeout must be longer than zero",
+                    what()
+                );
+            }
+            if health.unhealthy_after == 0 || health.healthy_after == 0 {
+                bail!(
+                    "{}: unhealthy_after and healthy_after must be at least 1",
+                    what()
+                );
+            }
         }
         Ok(())
     }

@@ -19,6 +19,10 @@
 //! 5. counts the outcome per target: `eject_after` consecutive failures take a target out of
 //!    rotation for `eject_for` (passive health checking).
 //!
+//! With `health`, each target is also checked actively ([`Upstream::watch_health`]): a GET to
+//! its health path every `interval`; `unhealthy_after` failed checks in a row take it out of
+//! rotation, `healthy_after` passed ones bring it back.
+//!
 //! A response cut off mid-body by the target ends the client's response with an error, so the
 //! client sees an aborted response (HTTP/1.1 closes without the last chunk, HTTP/2 resets the
 //! stream), never a complete-looking one.
@@ -26,7 +30,9 @@
 mod headers;
 
 use crate::body::{BoxError, ResponseBody};
-use crate::config::upstream::{Balance, HostHeader, Retries, RetryOn, UpstreamConfig, target_uri};
+use crate::config::upstream::{
+    Balance, HealthCheck, HostHeader, Retries, RetryOn, UpstreamConfig, target_uri,
+};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::runtime::admission::Admission;
 use crate::runtime::instance::Failure;
@@ -42,7 +48,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +78,7 @@ pub struct Upstream {
     eject_for: Duration,
     next: AtomicUsize,
     metrics: Arc<Metrics>,
+    health: Option<HealthCheck>,
 }
 
 struct UpstreamTarget {
@@ -82,6 +89,10 @@ struct UpstreamTarget {
     in_flight: AtomicUsize,
     failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
+    /// Out of rotation by the active health check.
+    down: AtomicBool,
+    /// Checks in a row that passed (while down) or failed (while up).
+    streak: AtomicU32,
     healthy: prometheus::IntGauge,
 }
 
@@ -110,6 +121,8 @@ impl Upstream {
                 in_flight: AtomicUsize::new(0),
                 failures: AtomicU32::new(0),
                 ejected_until: Mutex::new(None),
+                down: AtomicBool::new(false),
+                streak: AtomicU32::new(0),
                 healthy,
             });
         }
@@ -163,13 +176,80 @@ impl Upstream {
             eject_for: config.eject_for,
             next: AtomicUsize::new(0),
             metrics,
+            health: config.health.clone(),
         })
+    }
+
+    /// Starts the active health checks, if the upstream has them, on the current tokio
+    /// runtime (none under `wasmgate check`, which serves nothing). The task holds the upstream
+    /// only while it checks, so it ends once the generation is gone.
+    pub fn watch_health(self: &Arc<Self>) {
+        let (Some(health), Ok(runtime)) =
+            (self.health.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let upstream = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(health.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(upstream) = upstream.upgrade() else {
+                    return;
+                };
+                let checks = (0..upstream.targets.len()).map(|i| upstream.check(i, &health));
+                futures::future::join_all(checks).await;
+            }
+        });
+    }
+
+    /// One health check of target `index`.
+    async fn check(&self, index: usize, health: &HealthCheck) {
+        let target = &self.targets[index];
+        let uri = format!("{}://{}{}", target.scheme, target.authority, health.path);
+        let Ok(request) = Request::get(uri).body(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        ) else {
+            return;
+        };
+        let passed = matches!(
+            tokio::time::timeout(health.timeout, self.client.request(request)).await,
+            Ok(Ok(response)) if response.status().is_success() || response.status().is_redirection()
+        );
+        let down = target.down.load(Ordering::Relaxed);
+        if passed != down {
+            // As it was: the streak of changes starts again.
+            target.streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        let streak = target.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if down {
+            health.healthy_after
+        } else {
+            health.unhealthy_after
+        };
+        if streak >= needed {
+            target.streak.store(0, Ordering::Relaxed);
+            target.down.store(!down, Ordering::Relaxed);
+            target.healthy.set(i64::from(down));
+            if down {
+                tracing::info!(upstream = %self.name, target = %target.label, "upstream target passes its health checks again");
+            } else {
+                tracing::warn!(upstream = %self.name, target = %target.label, failed = streak, "upstream target failed its health checks; out of rotation");
+            }
+        }
     }
 
     /// Whether target `index` may take requests now (an ejection that ran out counts as
     /// healthy: the next request tries it again).
     fn available(&self, index: usize) -> bool {
         let target = &self.targets[index];
+        if target.down.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut ejected = lock(&target.ejected_until);
         match *ejected {
             Some(until) if Instant::now() < until => false,

@@ -145,7 +145,9 @@ fn load_routes(
             process.metrics.clone(),
         )
         .with_context(|| format!("[upstream.{name}]"))?;
-        upstreams.insert(name.as_str(), Arc::new(built));
+        let built = Arc::new(built);
+        built.watch_health();
+        upstreams.insert(name.as_str(), built);
     }
     for name in config.unused_components() {
         tracing::warn!(
