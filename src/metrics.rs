@@ -254,14 +254,26 @@ impl Metrics {
         self.upstream_healthy.with_label_values(&[upstream, target])
     }
 
-    /// Counts a request sent to an upstream target and how long its headers took.
-    pub fn upstream_request(&self, upstream: &str, target: &str, status: &str, seconds: f64) {
+    /// The header-time histogram of one upstream target.
+    pub fn upstream_duration(&self, upstream: &str, target: &str) -> Histogram {
+        self.upstream_duration
+            .with_label_values(&[upstream, target])
+    }
+
+    /// Counts a request sent to an upstream target and how long its headers took
+    /// (`duration`: the target's [`Metrics::upstream_duration`]).
+    pub fn upstream_request(
+        &self,
+        upstream: &str,
+        target: &str,
+        status: &str,
+        duration: &Histogram,
+        seconds: f64,
+    ) {
         self.upstream_requests
             .with_label_values(&[upstream, target, status])
             .inc();
-        self.upstream_duration
-            .with_label_values(&[upstream, target])
-            .observe(seconds);
+        duration.observe(seconds);
     }
 
     /// Handles for one route's metrics.

@@ -89,11 +89,14 @@ struct UpstreamTarget {
     in_flight: AtomicUsize,
     failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
+    /// Whether `ejected_until` is set: requests look here, without the lock.
+    ejected: AtomicBool,
     /// Out of rotation by the active health check.
     down: AtomicBool,
     /// Checks in a row that passed (while down) or failed (while up).
     streak: AtomicU32,
     healthy: prometheus::IntGauge,
+    duration: prometheus::Histogram,
 }
 
 impl Upstream {
@@ -113,6 +116,7 @@ impl Upstream {
             };
             let label: Arc<str> = format!("{scheme}://{authority}").into();
             let healthy = metrics.upstream_target_healthy(name, &label);
+            let duration = metrics.upstream_duration(name, &label);
             healthy.set(1);
             targets.push(UpstreamTarget {
                 scheme,
@@ -121,8 +125,10 @@ impl Upstream {
                 in_flight: AtomicUsize::new(0),
                 failures: AtomicU32::new(0),
                 ejected_until: Mutex::new(None),
+                ejected: AtomicBool::new(false),
                 down: AtomicBool::new(false),
                 streak: AtomicU32::new(0),
+                duration,
                 healthy,
             });
         }
@@ -250,32 +256,32 @@ impl Upstream {
         if target.down.load(Ordering::Relaxed) {
             return false;
         }
+        if !target.ejected.load(Ordering::Acquire) {
+            return true;
+        }
         let mut ejected = lock(&target.ejected_until);
         match *ejected {
             Some(until) if Instant::now() < until => false,
-            Some(_) => {
+            _ => {
                 *ejected = None;
+                target.ejected.store(false, Ordering::Release);
                 target.healthy.set(1);
                 true
             }
-            None => true,
         }
     }
 
     /// A healthy target not in `tried`, by the upstream's balance.
     fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.targets.len())
-            .filter(|i| !tried.contains(i) && self.available(*i))
-            .collect();
-        match (candidates.len(), self.balance) {
+        let candidate = |i: &usize| !tried.contains(i) && self.available(*i);
+        let count = (0..self.targets.len()).filter(candidate).count();
+        let nth = |n: usize| (0..self.targets.len()).filter(candidate).nth(n);
+        match (count, self.balance) {
             (0, _) => None,
-            (1, _) => Some(candidates[0]),
-            (n, Balance::RoundRobin) => {
-                Some(candidates[self.next.fetch_add(1, Ordering::Relaxed) % n])
-            }
+            (1, _) => nth(0),
+            (n, Balance::RoundRobin) => nth(self.next.fetch_add(1, Ordering::Relaxed) % n),
             (n, Balance::LeastRequest) => {
-                let a = candidates[fastrand_index(n)];
-                let b = candidates[fastrand_index(n)];
+                let (a, b) = (nth(fastrand_index(n))?, nth(fastrand_index(n))?);
                 let load = |i: usize| self.targets[i].in_flight.load(Ordering::Relaxed);
                 Some(if load(b) < load(a) { b } else { a })
             }
@@ -293,6 +299,7 @@ impl Upstream {
         if failures >= self.eject_after {
             target.failures.store(0, Ordering::Relaxed);
             *lock(&target.ejected_until) = Some(Instant::now() + self.eject_for);
+            target.ejected.store(true, Ordering::Release);
             target.healthy.set(0);
             tracing::warn!(
                 upstream = %self.name,
@@ -393,7 +400,12 @@ impl UpstreamRoute {
             };
             let mut outgoing = Request::new(outgoing_body);
             *outgoing.method_mut() = parts.method.clone();
-            *outgoing.headers_mut() = parts.headers.clone();
+            // The last try takes the headers; earlier ones copy them for the next.
+            *outgoing.headers_mut() = if attempt + 1 == attempts {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
             *outgoing.uri_mut() = match Uri::builder()
                 .scheme(target.scheme.clone())
                 .authority(target.authority.clone())
@@ -425,15 +437,20 @@ impl UpstreamRoute {
                 }
                 Ok(Ok(response)) => Tried::Answered(response),
             };
-            let status_label = match &tried_now {
-                Tried::Answered(response) => response.status().as_str().to_string(),
-                Tried::Failed(UpstreamFailure::TimedOut, _) => "timeout".into(),
-                Tried::Failed(_, _) => "error".into(),
+            let status = match &tried_now {
+                Tried::Answered(response) => Some(response.status()),
+                Tried::Failed(..) => None,
+            };
+            let status_label = match (&status, &tried_now) {
+                (Some(status), _) => status.as_str(),
+                (None, Tried::Failed(UpstreamFailure::TimedOut, _)) => "timeout",
+                (None, _) => "error",
             };
             upstream.metrics.upstream_request(
                 &upstream.name,
                 &target.label,
-                &status_label,
+                status_label,
+                &target.duration,
                 started.elapsed().as_secs_f64(),
             );
             let (failed, retry_on) = match &tried_now {
