@@ -312,6 +312,22 @@ impl Upstream {
     }
 }
 
+/// One request in flight to a target, counted until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn count(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A uniformly random index below `n`, for the power of two choices.
 fn fastrand_index(n: usize) -> usize {
     use std::hash::{BuildHasher, Hasher};
@@ -424,10 +440,11 @@ impl UpstreamRoute {
             }
 
             let started = Instant::now();
-            target.in_flight.fetch_add(1, Ordering::Relaxed);
-            let sent =
-                tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await;
-            target.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let sent = {
+                // Counted for `least_request` until the headers are in, or the client is gone.
+                let _in_flight = InFlight::count(&target.in_flight);
+                tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await
+            };
             let tried_now = match sent {
                 Err(_) => Tried::Failed(UpstreamFailure::TimedOut, Some(RetryOn::Timeout)),
                 Ok(Err(error)) => {
