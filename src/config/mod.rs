@@ -677,6 +677,19 @@ impl Config {
     }
 }
 
+/// Every ```toml block of a document, parsed as a config (for tests that keep docs true).
+#[cfg(test)]
+pub(crate) fn documented_configs(doc: &str) -> Vec<Config> {
+    doc.split("```toml\n")
+        .skip(1)
+        .map(|block| {
+            let text = block.split("```").next().unwrap_or_default();
+            Config::parse(text, PathBuf::from("/etc/wasmgate"))
+                .unwrap_or_else(|e| panic!("documented config:\n{text}\n{e:#}"))
+        })
+        .collect()
+}
+
 /// The name of the listener `[server] listen` makes when there are no `[[listener]]` tables.
 pub const DEFAULT_LISTENER: &str = "default";
 
