@@ -272,6 +272,7 @@ fn needs_restart(started: &Config, next: &Config) -> Vec<&'static str> {
     );
     check("[server] idle_timeout", a.idle_timeout == b.idle_timeout);
     check("[server] send_timeout", a.send_timeout == b.send_timeout);
+    check("[server] send_buffer", a.send_buffer == b.send_buffer);
     check(
         "[server] keepalive_interval",
         a.keepalive_interval == b.keepalive_interval,

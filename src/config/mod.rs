@@ -94,6 +94,11 @@ pub struct ServerConfig {
     /// for longer is disconnected.
     #[serde(deserialize_with = "units::duration")]
     pub send_timeout: Duration,
+    /// The kernel send buffer of each client connection (`SO_SNDBUF`); `0` leaves it to the
+    /// kernel's autotuning, which lets a slow reader's responses pile up to megabytes before
+    /// a write waits and `send_timeout` can start.
+    #[serde(deserialize_with = "units::size")]
+    pub send_buffer: u64,
     /// How often an HTTP/2 connection is pinged; a peer that does not answer a ping within the
     /// same time is disconnected.
     #[serde(deserialize_with = "units::duration")]
@@ -128,6 +133,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(30),
+            send_buffer: 256 << 10,
             keepalive_interval: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
             outbound_deny_private: true,

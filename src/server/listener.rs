@@ -93,6 +93,8 @@ pub struct Connections {
     pub room: Room,
     pub idle: IdleLimits,
     pub send_timeout: Duration,
+    /// `[server] send_buffer`: `SO_SNDBUF` of each connection, 0 for the kernel's default.
+    pub send_buffer: usize,
     /// Turns true when the gateway shuts down. Every connection task holds a receiver, so the
     /// sender sees them all gone once every connection has closed.
     pub shutdown: watch::Receiver<bool>,
@@ -139,6 +141,10 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        if connections.send_buffer > 0 {
+            // A bounded buffer makes a slow reader's writes wait early, so send_timeout applies.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(connections.send_buffer);
+        }
         let setup = listener.setup.clone();
         let connections = connections.clone();
         tokio::spawn(async move {

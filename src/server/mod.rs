@@ -196,6 +196,7 @@ async fn serve_connections(
             between_requests: limits.idle_timeout,
         },
         send_timeout: limits.send_timeout,
+        send_buffer: usize::try_from(limits.send_buffer).unwrap_or(usize::MAX),
         shutdown: shutdown_rx,
     });
     let (stop_accepting, stopped) = watch::channel(false);
