@@ -107,9 +107,8 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let generation = calls
-            .pinned
-            .clone()
+        let SelfCalls { depth, pinned } = calls;
+        let generation = pinned
             .and_then(|pinned| pinned.downcast::<Generation>().ok())
             .unwrap_or_else(|| self.generation.load_full());
         let mut seen = Seen::start(&request, &generation);
@@ -128,9 +127,9 @@ impl Gateway {
         };
         seen.host = host;
 
-        identify(&mut request, &generation, &mut seen, calls.depth);
+        identify(&mut request, &generation, &mut seen, depth);
 
-        let (route, route_headers) = match choose_route(&generation, &request, &seen, calls.depth) {
+        let (route, route_headers) = match choose_route(&generation, &request, &seen, depth) {
             Routed::To(route, headers) => (route, headers),
             Routed::Answered(page) => {
                 return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
@@ -164,7 +163,7 @@ impl Gateway {
             )
         });
         let calls = SelfCalls {
-            depth: calls.depth,
+            depth,
             pinned: Some(generation.clone()),
         };
         let result = call_target(&route, request, &seen, cut.clone(), calls).await;

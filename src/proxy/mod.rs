@@ -49,7 +49,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What an upstream route could not get from its targets.
@@ -259,7 +259,10 @@ impl Upstream {
         if !target.ejected.load(Ordering::Acquire) {
             return true;
         }
-        let mut ejected = lock(&target.ejected_until);
+        let mut ejected = target
+            .ejected_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match *ejected {
             Some(until) if Instant::now() < until => false,
             _ => {
@@ -298,7 +301,10 @@ impl Upstream {
         let failures = target.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= self.eject_after {
             target.failures.store(0, Ordering::Relaxed);
-            *lock(&target.ejected_until) = Some(Instant::now() + self.eject_for);
+            *target
+                .ejected_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + self.eject_for);
             target.ejected.store(true, Ordering::Release);
             target.healthy.set(0);
             tracing::warn!(
@@ -334,12 +340,6 @@ fn fastrand_index(n: usize) -> usize {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_usize(n);
     (hasher.finish() % n as u64) as usize
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A route that forwards to an upstream.

@@ -27,8 +27,8 @@ use hyper_util::server::graceful::GracefulConnection;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -116,28 +116,30 @@ impl Activity {
             .send_timeout
             .checked_mul(chunks)
             .unwrap_or(Duration::from_secs(365 * 24 * 3600));
-        lock(&self.peer_waits).push((id, Instant::now() + allowed));
+        self.peer_waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((id, Instant::now() + allowed));
     }
 
     /// Body `id` was asked for its next frame (so the last one was taken), or is gone.
     fn peer_took(&self, id: u64) {
-        lock(&self.peer_waits).retain(|(waiting, _)| *waiting != id);
+        self.peer_waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(waiting, _)| *waiting != id);
     }
 
     /// Whether a response has waited for the peer past its allowance: an HTTP/2 client that
     /// keeps its flow-control window shut, or an HTTP/1.1 client that stopped reading.
     fn stalled(&self) -> bool {
         let now = Instant::now();
-        lock(&self.peer_waits)
+        self.peer_waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .any(|(_, deadline)| *deadline <= now)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A request in flight on a connection; see [`Activity::start`].

@@ -33,7 +33,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
@@ -344,14 +344,7 @@ impl TlsListeners {
 
     /// Checks that every TLS listener of `config` can be built (`wasmgate check`).
     pub fn check(config: &Config) -> anyhow::Result<()> {
-        let shared = Shared::new()?;
-        for listener in config.listeners() {
-            if let Some(tls) = &listener.tls {
-                Acceptors::build(&listener.name, tls, config, &shared)
-                    .with_context(|| format!("[[listener]] `{}` tls", listener.name))?;
-            }
-        }
-        Ok(())
+        TlsListeners::start(config, Metrics::new()).map(drop)
     }
 
     /// The TLS state of the listener named `name`, if it has TLS.
@@ -386,7 +379,10 @@ impl TlsListeners {
     pub fn apply(&self, prepared: PreparedTls, config: &Config) {
         for (listener, acceptors, tls) in prepared.built {
             listener.acceptors.store(Arc::new(acceptors));
-            *lock(&listener.source) = (tls, config.clone());
+            *listener
+                .source
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = (tls, config.clone());
             self.metrics.tls_certificates_reloaded(true);
         }
         self.export_expiry();
@@ -394,7 +390,11 @@ impl TlsListeners {
 
     /// Builds one listener's certificates again from the config it has (its files changed).
     fn rebuild(&self, listener: &ListenerTls) -> anyhow::Result<()> {
-        let (tls, config) = lock(&listener.source).clone();
+        let (tls, config) = listener
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let built = Acceptors::build(&listener.name, &tls, &config, &listener.shared);
         self.metrics.tls_certificates_reloaded(built.is_ok());
         listener.acceptors.store(Arc::new(built?));
@@ -460,12 +460,6 @@ impl TlsListeners {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
