@@ -638,10 +638,21 @@ async fn handshake_failures(gateway: &Gateway, reason: &str) -> String {
 
 /// Waits (at most 5 s) until the metric sample is at least 1; returns the metrics text.
 async fn wait_for_metric(gateway: &Gateway, name: &str, labels: &[(&str, &str)]) -> String {
+    wait_for_count(gateway, name, labels, 1.0).await
+}
+
+/// Waits (at most 5 s) until the metric sample is at least `count`; returns the metrics text.
+/// The gateway counts a failed handshake after the client has already seen it fail.
+async fn wait_for_count(
+    gateway: &Gateway,
+    name: &str,
+    labels: &[(&str, &str)],
+    count: f64,
+) -> String {
     let started = Instant::now();
     loop {
         let metrics = gateway.metrics().await;
-        if metric_value(&metrics, name, labels).unwrap_or(0.0) >= 1.0 {
+        if metric_value(&metrics, name, labels).unwrap_or(0.0) >= count {
             return metrics;
         }
         assert!(
@@ -687,7 +698,13 @@ async fn unknown_names_can_be_refused_and_silent_handshakes_time_out() {
             "{name} was served"
         );
     }
-    let metrics = handshake_failures(&gateway, "unknown_sni").await;
+    let metrics = wait_for_count(
+        &gateway,
+        "wasmgate_tls_handshake_failures_total",
+        &[("reason", "unknown_sni")],
+        2.0,
+    )
+    .await;
     assert_eq!(
         metric_value(
             &metrics,
