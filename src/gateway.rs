@@ -16,9 +16,10 @@ use crate::body::{BodyCut, CutFlag, LimitedBody, ResponseBody, full};
 use crate::capabilities::outbound_http::{SelfCalls, SelfDispatch, SelfHandle};
 use crate::config::Config;
 use crate::connection_info::ConnectionInfo;
-use crate::generation::{Generation, Route, Target};
+use crate::generation::{Backend, Generation, Route, Target};
 use crate::guards;
 use crate::metrics::{GaugeGuard, UNMATCHED_ROUTE};
+use crate::middleware::{self, RouteBody, RouteService};
 use crate::proxy::UpstreamFailure;
 use crate::router::Lookup;
 use crate::runtime::instance::Failure;
@@ -138,10 +139,21 @@ impl Gateway {
         let metrics = route.metrics.clone();
         // Decremented when this future ends or is dropped (a client that resets or disconnects).
         let active = GaugeGuard::inc(&metrics.active_requests);
-
-        // Body size, by its declared length.
         let limits = generation.limits;
         let http1 = seen.version < http::Version::HTTP_2;
+
+        // The rate limit (clients only: self-calls are the gateway's own).
+        if depth == 0
+            && let Some(limit) = &route.rate_limit
+            && let Err(wait) = limit.admit(request.headers(), seen.client)
+        {
+            drop(active);
+            tokio::spawn(drain(request.into_body()));
+            let page = rate_limited_page(wait, &seen.request_id);
+            return self.finish(&generation, &seen, &metrics.route, page);
+        }
+
+        // Body size, by its declared length.
         if content_length(request.headers()).is_some_and(|len| len > limits.max_request_body) {
             drop(active);
             tokio::spawn(drain(request.into_body()));
@@ -166,13 +178,31 @@ impl Gateway {
             depth,
             pinned: Some(generation.clone()),
         };
-        let result = call_target(&route, request, &seen, cut.clone(), calls).await;
+        let call = TargetCall {
+            scheme: match seen.connection.as_deref().map(|c| c.scheme) {
+                Some(crate::connection_info::Scheme::Https) => Scheme::Https,
+                _ => Scheme::Http,
+            },
+            request_id: seen.request_id.clone(),
+            cut: cut.clone(),
+            calls,
+        };
+        let response = match &route.layers {
+            None => match call_target(&route.target, request, call).await {
+                Ok(response) => response,
+                Err(failure) => failure_page(failure, &seen.request_id),
+            },
+            Some(layers) => {
+                let mut request = request.map(|body| body.boxed_unsync());
+                request.extensions_mut().insert(call);
+                middleware::call(layers, request).await
+            }
+        };
         drop(active);
 
-        let response = match (cut.get(), result) {
-            (Some(why), _) => cut_page(why, &seen.request_id, http1),
-            (None, Ok(response)) => response,
-            (None, Err(failure)) => failure_page(failure, &seen.request_id),
+        let response = match cut.get() {
+            Some(why) => cut_page(why, &seen.request_id, http1),
+            None => response,
         };
         self.finish(&generation, &seen, &metrics.route, response)
     }
@@ -364,30 +394,78 @@ fn choose_route<B>(
     }
 }
 
-/// The target stage: whatever serves the route answers the request.
-async fn call_target<B>(
-    route: &Route,
-    request: Request<LimitedBody<B>>,
-    seen: &Seen,
+/// What the target stage needs besides the request (carried in the request's extensions
+/// through a route's middleware).
+#[derive(Clone)]
+struct TargetCall {
+    scheme: Scheme,
+    request_id: Arc<str>,
     cut: CutFlag,
     calls: SelfCalls,
+}
+
+/// The target stage as a service, for a route's middleware to wrap: failures become error
+/// pages here, so the middleware sees (and decorates) them like any response.
+pub(crate) fn target_service(target: Arc<Target>) -> RouteService {
+    RouteService::new(tower::service_fn(move |mut request: Request<RouteBody>| {
+        let target = target.clone();
+        async move {
+            let Some(call) = request.extensions_mut().remove::<TargetCall>() else {
+                return Ok(error_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "-",
+                    "the request lost its context",
+                ));
+            };
+            let request_id = call.request_id.clone();
+            Ok(match call_target(&target, request, call).await {
+                Ok(response) => response,
+                Err(failure) => failure_page(failure, &request_id),
+            })
+        }
+    }))
+}
+
+/// The target stage: whatever serves the route answers the request (for a split, the backend
+/// it picks).
+async fn call_target<B>(
+    target: &Target,
+    request: Request<B>,
+    call: TargetCall,
 ) -> Result<Response<ResponseBody>, Failure>
 where
-    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<wasmtime_wasi_http::Error>,
+    B: http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error>
+        + Send
+        + Unpin
+        + 'static,
 {
-    let scheme = match seen.connection.as_deref().map(|c| c.scheme) {
-        Some(crate::connection_info::Scheme::Https) => Scheme::Https,
-        _ => Scheme::Http,
+    let TargetCall {
+        scheme,
+        request_id,
+        cut,
+        calls,
+    } = call;
+    let (backend, set_cookie) = match target {
+        Target::One(backend) => (backend, None),
+        Target::Split { split, .. } => match split.choose(request.headers()) {
+            Some(choice) => (choice.backend, choice.set_cookie),
+            None => return Err(Failure::Upstream(UpstreamFailure::NoHealthyTarget)),
+        },
     };
-    match &route.target {
-        Target::Component(component) => {
+    let mut response = match backend {
+        Backend::Component(component) => {
             component
-                .handle(request, scheme, &seen.request_id, cut, calls)
+                .handle(request, scheme, &request_id, cut, calls)
                 .await
         }
-        Target::Upstream(upstream) => upstream.forward(request, &seen.request_id).await,
+        Backend::Upstream(upstream) => upstream.forward(request, &request_id).await,
+    }?;
+    if let Some(cookie) = set_cookie {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
     }
+    Ok(response)
 }
 
 fn new_request_id() -> Arc<str> {
@@ -479,6 +557,20 @@ fn failure_page(failure: Failure, request_id: &str) -> Response<ResponseBody> {
             response
         }
     }
+}
+
+/// 429 with `Retry-After` for a client over its route's rate limit.
+fn rate_limited_page(wait: std::time::Duration, request_id: &str) -> Response<ResponseBody> {
+    let mut response = error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        request_id,
+        "too many requests from this client; retry later",
+    );
+    response.headers_mut().insert(
+        RETRY_AFTER,
+        HeaderValue::from(middleware::retry_after_seconds(wait)),
+    );
+    response
 }
 
 /// 413 or 408 for a request body the gateway cut off, closing an HTTP/1.x connection: the rest

@@ -7,11 +7,16 @@
 //! generations (the engine, stores, metrics) is in `runtime::loader::Process`.
 
 use crate::client_identity::ClientPolicy;
+use crate::config::UpstreamConfig;
 use crate::metrics::RouteMetrics;
-use crate::proxy::UpstreamRoute;
+use crate::middleware::{RateLimit, RouteService};
+use crate::proxy::{Upstream, UpstreamRoute};
 use crate::router::RouteTable;
+use crate::runtime::admission::Admission;
 use crate::runtime::component::Origin;
 use crate::runtime::instance::ComponentRoute;
+use crate::split::Split;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +31,9 @@ pub struct Generation {
     pub client: ClientPolicy,
     /// Whether every request gets an access-log line (`[logging] access_log`).
     pub access_log: bool,
+    /// The upstreams by name, with the config each was built from: the next generation keeps
+    /// those whose config did not change (their pools and health carry over a reload).
+    pub upstreams: HashMap<String, (UpstreamConfig, Arc<Upstream>)>,
 }
 
 /// The `[server]` limits every request of a generation is held to, whatever its route.
@@ -45,7 +53,12 @@ pub struct Route {
     pub private: bool,
     /// The listeners the route serves on; `None`: all.
     pub listeners: Option<Vec<Arc<str>>>,
-    pub target: Target,
+    pub target: Arc<Target>,
+    /// The target behind the route's middleware (`cors`, `headers`, `compression`); `None`
+    /// when it has none, and requests go to `target` directly.
+    pub layers: Option<RouteService>,
+    /// The route's `rate_limit`.
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 impl Route {
@@ -61,18 +74,48 @@ impl Route {
 
 /// What serves a route's requests.
 pub enum Target {
+    /// One backend.
+    One(Backend),
+    /// Weighted backends (`targets`); the route's admission state is the split's.
+    Split {
+        split: Split,
+        admission: Arc<Admission>,
+    },
+}
+
+/// A component or an upstream: what finally answers a request.
+pub enum Backend {
     /// A fresh instance of a component per request.
     Component(Arc<ComponentRoute>),
     /// Forwarded to an HTTP service.
     Upstream(Arc<UpstreamRoute>),
 }
 
+impl Backend {
+    /// What `/routes` and `check` show: the component (with `+NAME` per link) or the upstream.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Component(component) => component.component().to_string(),
+            Backend::Upstream(upstream) => upstream.describe(),
+        }
+    }
+}
+
 impl Target {
     /// The route's admission state (what a reload may carry over).
-    pub fn admission(&self) -> &Arc<crate::runtime::admission::Admission> {
+    pub fn admission(&self) -> &Arc<Admission> {
         match self {
-            Target::Component(component) => component.admission(),
-            Target::Upstream(upstream) => &upstream.admission,
+            Target::One(Backend::Component(component)) => component.admission(),
+            Target::One(Backend::Upstream(upstream)) => &upstream.admission,
+            Target::Split { admission, .. } => admission,
+        }
+    }
+
+    /// The backends, one or several.
+    pub fn backends(&self) -> Box<dyn Iterator<Item = &Backend> + '_> {
+        match self {
+            Target::One(backend) => Box::new(std::iter::once(backend)),
+            Target::Split { split, .. } => Box::new(split.backends()),
         }
     }
 }
@@ -90,6 +133,7 @@ impl Generation {
             },
             client: ClientPolicy::default(),
             access_log: false,
+            upstreams: HashMap::new(),
         }
     }
 
@@ -101,9 +145,12 @@ impl Generation {
             .targets()
             .map(|(_, route)| {
                 let private = if route.private { " private" } else { "" };
-                let target = match &route.target {
-                    Target::Component(component) => component.component().to_string(),
-                    Target::Upstream(upstream) => upstream.describe(),
+                let target = match &*route.target {
+                    Target::One(backend) => backend.describe(),
+                    Target::Split { split, .. } => {
+                        let parts: Vec<String> = split.backends().map(Backend::describe).collect();
+                        format!("split {}", parts.join(" | "))
+                    }
                 };
                 format!("{} {target}{private}", route.metrics.route)
             })

@@ -55,6 +55,8 @@ pub struct Metrics {
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_healthy: IntGaugeVec,
+    split_requests: IntCounterVec,
+    rate_limited: IntCounterVec,
     /// The live generation's number: 1 for the config loaded at start, +1 per applied reload.
     pub config_generation: IntGauge,
     /// When the last reload (or the first load) was applied, in seconds since the epoch.
@@ -181,6 +183,16 @@ impl Metrics {
                 "1 while an upstream target takes requests, 0 while it is ejected.",
                 &["upstream", "target"],
             ),
+            split_requests: counter(
+                "wasmgate_split_requests_total",
+                "Requests a split route sent to each of its targets.",
+                &["route", "target"],
+            ),
+            rate_limited: counter(
+                "wasmgate_rate_limited_total",
+                "Requests a route's rate limit answered with 429.",
+                &["route"],
+            ),
             config_generation: registered(
                 &registry,
                 IntGauge::new(
@@ -274,6 +286,16 @@ impl Metrics {
             .with_label_values(&[upstream, target, status])
             .inc();
         duration.observe(seconds);
+    }
+
+    /// The request counter of one target of a split route.
+    pub fn split_requests(&self, route: &str, target: &str) -> IntCounter {
+        self.split_requests.with_label_values(&[route, target])
+    }
+
+    /// The counter of one route's requests refused by its rate limit.
+    pub fn rate_limited(&self, route: &str) -> IntCounter {
+        self.rate_limited.with_label_values(&[route])
     }
 
     /// Handles for one route's metrics.

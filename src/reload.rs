@@ -188,7 +188,7 @@ impl Reloader {
         files.extend(
             live.routes
                 .iter()
-                .filter_map(|r| r.component.as_deref())
+                .flat_map(|r| r.component_files())
                 .map(|c| live.resolve(c)),
         );
         files.extend(live.components.values().map(|c| live.resolve(&c.path)));

@@ -241,7 +241,7 @@ async fn wait_for_generation(gw: &Gateway, want: f64) {
 #[tokio::test]
 async fn the_old_generation_is_freed_when_its_last_request_ends() {
     use http_body_util::BodyExt;
-    use wasmgate::generation::Target;
+    use wasmgate::generation::Backend;
 
     let dir = tempfile::tempdir().unwrap();
     let parse = |routes: &str| {
@@ -257,9 +257,10 @@ async fn the_old_generation_is_freed_when_its_last_request_ends() {
         .generation()
         .routes
         .targets()
-        .filter_map(|(_, route)| match &route.target {
-            Target::Component(component) => Some(Arc::downgrade(component)),
-            Target::Upstream(_) => None,
+        .flat_map(|(_, route)| route.target.backends())
+        .filter_map(|backend| match backend {
+            Backend::Component(component) => Some(Arc::downgrade(component)),
+            Backend::Upstream(_) => None,
         })
         .collect();
 

@@ -358,7 +358,7 @@ fn upstream_routes_are_checked() {
         ),
         (
             format!("{api}[[route]]\npath = \"/x\"\nupstream = \"api\"\ncomponent = \"a.wasm\"\n"),
-            "has both `component` and `upstream`",
+            "give one of `component`, `upstream` and `targets`",
         ),
         (
             format!(
@@ -384,7 +384,7 @@ fn upstream_routes_are_checked() {
         ),
         (
             "[[route]]\npath = \"/x\"\n".to_string(),
-            "needs a `component` or an `upstream`",
+            "needs a `component`, an `upstream` or `targets`",
         ),
     ] {
         let (ok, text) = check_config(dir.path(), &config);
@@ -552,4 +552,55 @@ async fn active_health_checks_take_a_target_out_and_bring_it_back() {
         "target a is back in rotation: {servers:?}"
     );
     assert!(gw.output().contains("failed its health checks"));
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_upstream_and_its_connections() {
+    let server = test_server("a").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        upstream("api", &[format!("http://{}", server.addr)], ""),
+        upstream_route("/api/...", "api", "")
+    ));
+    let client = http1();
+    let requests = |n: usize| {
+        let (client, url) = (client.clone(), gw.url("/api/x"));
+        async move {
+            for _ in 0..n {
+                let (status, _, text) = get(&client, &url).await;
+                assert_eq!(status, StatusCode::OK, "{text}");
+            }
+        }
+    };
+    requests(5).await;
+    assert_eq!(server.connections.load(Ordering::Relaxed), 1);
+
+    let path = gw.dir.path().join("wasmgate.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let reload = || async {
+        let request = Request::post(gw.admin_url("/reload"))
+            .body(empty())
+            .unwrap();
+        let (status, _, body) = read(send(&http1(), request).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    };
+    // Another route, the same upstream: its pool carries over.
+    std::fs::write(
+        &path,
+        format!("{text}{}", upstream_route("/other", "api", "")),
+    )
+    .unwrap();
+    reload().await;
+    requests(5).await;
+    assert_eq!(server.connections.load(Ordering::Relaxed), 1);
+
+    // A changed upstream is built again, with a new pool.
+    std::fs::write(
+        &path,
+        text.replace("[upstream.api]\n", "[upstream.api]\ntimeout = \"20s\"\n"),
+    )
+    .unwrap();
+    reload().await;
+    requests(1).await;
+    assert_eq!(server.connections.load(Ordering::Relaxed), 2);
 }

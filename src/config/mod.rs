@@ -10,6 +10,8 @@
 //! config file is in, so a config works the same from any working directory.
 
 pub mod listener;
+pub mod middleware;
+pub mod split;
 pub mod units;
 pub mod upstream;
 
@@ -356,9 +358,26 @@ pub struct RouteConfig {
     pub component: Option<PathBuf>,
     /// The `[upstream.NAME]` the route forwards to.
     pub upstream: Option<String>,
+    /// Weighted targets (traffic splitting), instead of `component` or `upstream`:
+    /// `[{ component = "v2.wasm", weight = 10 }, { upstream = "legacy", weight = 90 }]`.
+    /// The route's other settings apply to each target of the kind they are for.
+    #[serde(default)]
+    pub targets: Vec<split::SplitTargetConfig>,
+    /// Keeps a client on one of `targets`, by a cookie or a header.
+    pub sticky: Option<split::Sticky>,
     /// On an upstream route: a leading part of the path taken off before forwarding
     /// (`/api` makes `/api/users` `/users`).
     pub strip_prefix: Option<String>,
+    /// Compress responses (gzip, br, zstd) by the client's `Accept-Encoding`.
+    #[serde(default)]
+    pub compression: bool,
+    /// Answer CORS preflights and add CORS headers to responses.
+    pub cors: Option<middleware::CorsConfig>,
+    /// Headers set on requests, set on or removed from responses.
+    #[serde(default)]
+    pub headers: middleware::HeadersConfig,
+    /// Requests per second per client; more get 429 with `Retry-After`.
+    pub rate_limit: Option<middleware::RateLimitConfig>,
     /// Interfaces the component imports from named components, linked in process:
     /// `{ "pkg:name/interface" = "COMPONENT" }`.
     #[serde(default)]
@@ -410,6 +429,27 @@ fn default_queue_timeout() -> Duration {
 }
 
 impl RouteConfig {
+    /// Whether any of the route's targets is a component.
+    pub fn serves_components(&self) -> bool {
+        self.component.is_some() || self.targets.iter().any(|t| t.component.is_some())
+    }
+
+    /// The component files the route serves from.
+    pub fn component_files(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.component
+            .iter()
+            .chain(self.targets.iter().filter_map(|t| t.component.as_ref()))
+            .map(PathBuf::as_path)
+    }
+
+    /// The upstreams the route forwards to.
+    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
+        self.upstream
+            .iter()
+            .chain(self.targets.iter().filter_map(|t| t.upstream.as_ref()))
+            .map(String::as_str)
+    }
+
     /// The route's name in metrics, logs and `/routes`: its host (if any) and path template, as
     /// written in the config, e.g. `api.example.com/users/:id`. Routes that differ by host are
     /// told apart; the number of names is bounded by the config.
@@ -625,59 +665,80 @@ impl Config {
 }
 
 impl Config {
-    /// A route has a component or an upstream, and an upstream route none of a component's
-    /// settings.
+    /// A route has one kind of target (a component, an upstream or weighted `targets`), and
+    /// only the settings its targets use; its middleware settings are valid.
     fn check_target(&self, route: &RouteConfig, name: &str) -> anyhow::Result<()> {
-        match (&route.component, &route.upstream) {
-            (Some(_), Some(_)) => bail!("{name}: has both `component` and `upstream`; give one"),
-            (None, None) => bail!("{name}: needs a `component` or an `upstream`"),
-            (Some(_), None) => {
-                if route.strip_prefix.is_some() {
-                    bail!("{name}: strip_prefix is for upstream routes");
-                }
+        let given = [
+            route.component.is_some(),
+            route.upstream.is_some(),
+            !route.targets.is_empty(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => bail!("{name}: needs a `component`, an `upstream` or `targets`"),
+            1 => {}
+            _ => bail!("{name}: give one of `component`, `upstream` and `targets`"),
+        }
+        if !route.targets.is_empty() {
+            split::check(&route.targets).with_context(|| format!("{name}: targets"))?;
+        }
+        if let Some(sticky) = &route.sticky {
+            if route.targets.is_empty() {
+                bail!("{name}: sticky is for a route with `targets`");
             }
-            (None, Some(upstream)) => {
-                if !self.upstreams.contains_key(upstream) {
-                    let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
-                    bail!(
-                        "{name}: upstream `{upstream}` is not defined (defined: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    );
-                }
-                let component_only = [
-                    ("links", !route.links.is_empty()),
-                    ("env", !route.env.is_empty()),
-                    (
-                        "allowed_outbound_hosts",
-                        !route.allowed_outbound_hosts.is_empty(),
-                    ),
-                    ("keyvalue", !route.keyvalue.is_empty()),
-                    ("config", !route.config.is_empty()),
-                    ("max_memory", route.max_memory.is_some()),
-                ];
-                if let Some((key, _)) = component_only.iter().find(|(_, set)| *set) {
-                    bail!("{name}: `{key}` is for component routes, not upstream routes");
-                }
-                if let Some(prefix) = &route.strip_prefix {
-                    let literal = prefix.starts_with('/')
-                        && !prefix.ends_with('/')
-                        && !prefix.contains(':')
-                        && !prefix.contains("...");
-                    let under =
-                        route.path == *prefix || route.path.starts_with(&format!("{prefix}/"));
-                    if !literal || !under {
-                        bail!(
-                            "{name}: strip_prefix `{prefix}` must be a literal leading part of the \
-                             route's path `{}` (like `/api` for `/api/...`)",
-                            route.path
-                        );
+            sticky.key().with_context(|| name.to_string())?;
+        }
+        for upstream in route.upstream_names() {
+            if !self.upstreams.contains_key(upstream) {
+                let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                bail!(
+                    "{name}: upstream `{upstream}` is not defined (defined: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
                     }
-                }
+                );
             }
+        }
+        if !route.serves_components() {
+            let component_only = [
+                ("links", !route.links.is_empty()),
+                ("env", !route.env.is_empty()),
+                (
+                    "allowed_outbound_hosts",
+                    !route.allowed_outbound_hosts.is_empty(),
+                ),
+                ("keyvalue", !route.keyvalue.is_empty()),
+                ("config", !route.config.is_empty()),
+                ("max_memory", route.max_memory.is_some()),
+            ];
+            if let Some((key, _)) = component_only.iter().find(|(_, set)| *set) {
+                bail!("{name}: `{key}` is for component routes, not upstream routes");
+            }
+        }
+        if let Some(prefix) = &route.strip_prefix {
+            if route.upstream_names().next().is_none() {
+                bail!("{name}: strip_prefix is for upstream routes");
+            }
+            let literal = prefix.starts_with('/')
+                && !prefix.ends_with('/')
+                && !prefix.contains(':')
+                && !prefix.contains("...");
+            let under = route.path == *prefix || route.path.starts_with(&format!("{prefix}/"));
+            if !literal || !under {
+                bail!(
+                    "{name}: strip_prefix `{prefix}` must be a literal leading part of the \
+                     route's path `{}` (like `/api` for `/api/...`)",
+                    route.path
+                );
+            }
+        }
+        if let Some(cors) = &route.cors {
+            cors.check().with_context(|| name.to_string())?;
+        }
+        route.headers.parsed().with_context(|| name.to_string())?;
+        if let Some(limit) = &route.rate_limit {
+            limit.check().with_context(|| name.to_string())?;
         }
         Ok(())
     }

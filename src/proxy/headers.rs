@@ -1,7 +1,7 @@
 //! Proxy hygiene for headers: what must not cross a proxy (hop-by-hop headers, RFC 9110
 //! section 7.6.1, and any a `Connection` header names), and the `via` a proxy adds.
 
-use http::header::{CONNECTION, HeaderName, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA};
+use http::header::{CONNECTION, EXPECT, HeaderName, TE, TRANSFER_ENCODING, UPGRADE, VIA};
 use http::{HeaderMap, HeaderValue, Version};
 
 /// Hop-by-hop headers, besides those `Connection` names.
@@ -25,7 +25,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
+    // `trailer` is not one: it names the trailers to come, which HTTP/1.1 senders need.
+    for name in [CONNECTION, TE, TRANSFER_ENCODING, UPGRADE] {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
@@ -33,15 +34,56 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A request on its way to a target: hop-by-hop headers removed and this hop in `via`.
-pub fn prepare_request(headers: &mut HeaderMap, version: Version) {
-    remove_hop_by_hop(headers);
-    add_via(headers, version);
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and `Upgrade`,
+/// such as `websocket`), if it asks.
+pub fn requested_upgrade(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    let asks = version == Version::HTTP_11
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    }
 }
 
-/// A target's response on its way to the client.
-pub fn prepare_response(headers: &mut HeaderMap) {
+/// A request on its way to a target: hop-by-hop headers removed (but `te: trailers`), `Expect` too (the gateway
+/// itself answers `100 Continue` as it starts reading the body, and a target gets the body
+/// straight away), and this hop in `via`. A request that asks for `upgrade` keeps asking.
+pub fn prepare_request(headers: &mut HeaderMap, version: Version, upgrade: Option<&HeaderValue>) {
+    // `te: trailers` says the client takes trailers (gRPC needs it); it is all of TE that may
+    // cross, and HTTP/1.1 targets send trailers only to a request that carries it.
+    let trailers = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("trailers"));
     remove_hop_by_hop(headers);
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    headers.remove(EXPECT);
+    add_via(headers, version);
+    if let Some(protocol) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, protocol.clone());
+    }
+}
+
+/// A target's response on its way to the client; a `101 Switching Protocols` keeps the
+/// protocol it switches to.
+pub fn prepare_response(headers: &mut HeaderMap, switching: bool) {
+    let upgrade = switching.then(|| headers.get(UPGRADE).cloned()).flatten();
+    remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, protocol);
+    }
 }
 
 fn add_via(headers: &mut HeaderMap, version: Version) {
@@ -67,17 +109,46 @@ mod tests {
             ("connection", "keep-alive, x-secret"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
-            ("te", "trailers"),
+            ("te", "gzip"),
             ("upgrade", "h2c"),
             ("transfer-encoding", "chunked"),
             ("proxy-authorization", "Basic x"),
             ("x-kept", "yes"),
+            ("expect", "100-continue"),
         ] {
             headers.append(name, HeaderValue::from_static(value));
         }
-        prepare_request(&mut headers, Version::HTTP_11);
+        assert_eq!(requested_upgrade(&headers, Version::HTTP_11), None);
+        prepare_request(&mut headers, Version::HTTP_11, None);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept", "via"]);
         assert_eq!(headers["via"], "1.1 wasmgate");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_asking_and_a_switch_keeps_its_protocol() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.insert("sec-websocket-key", HeaderValue::from_static("abc"));
+        let upgrade = requested_upgrade(&headers, Version::HTTP_11);
+        assert_eq!(upgrade, Some(HeaderValue::from_static("websocket")));
+        assert_eq!(requested_upgrade(&headers, Version::HTTP_10), None);
+        prepare_request(&mut headers, Version::HTTP_11, upgrade.as_ref());
+        assert_eq!(headers["connection"], "upgrade");
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["sec-websocket-key"], "abc");
+
+        let mut response = HeaderMap::new();
+        response.insert("connection", HeaderValue::from_static("Upgrade"));
+        response.insert("upgrade", HeaderValue::from_static("websocket"));
+        let mut kept = response.clone();
+        prepare_response(&mut kept, true);
+        assert_eq!(kept["upgrade"], "websocket");
+        prepare_response(&mut response, false);
+        assert!(response.get("upgrade").is_none());
     }
 }

@@ -68,6 +68,9 @@ type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// One `[upstream.NAME]`, built: its targets, their health, and the pooled client.
 pub struct Upstream {
     name: Arc<str>,
+    /// The CA file's contents when the upstream was built: a reload that finds them changed
+    /// builds the upstream again.
+    ca_pem: Option<Vec<u8>>,
     targets: Vec<UpstreamTarget>,
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     balance: Balance,
@@ -135,6 +138,7 @@ impl Upstream {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls = config.tls.as_ref();
+        let ca_pem = Self::read_ca(config, &resolve);
         if let Some(ca) = tls.and_then(|t| t.ca.as_ref()) {
             let ca = resolve(ca);
             for cert in crate::tls::certs::read_certificates(&ca)? {
@@ -172,6 +176,7 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             name: name.into(),
+            ca_pem,
             targets,
             client,
             balance: config.balance,
@@ -184,6 +189,18 @@ impl Upstream {
             metrics,
             health: config.health.clone(),
         })
+    }
+
+    /// The configured CA file's contents, if there is one and it can be read.
+    fn read_ca(config: &UpstreamConfig, resolve: impl Fn(&Path) -> PathBuf) -> Option<Vec<u8>> {
+        let ca = config.tls.as_ref()?.ca.as_ref()?;
+        std::fs::read(resolve(ca)).ok()
+    }
+
+    /// Whether the files `config` names (its CA) hold what they held when this upstream was
+    /// built, so a reload with the same `config` can keep it.
+    pub fn same_files(&self, config: &UpstreamConfig, resolve: impl Fn(&Path) -> PathBuf) -> bool {
+        Self::read_ca(config, resolve) == self.ca_pem
     }
 
     /// Starts the active health checks, if the upstream has them, on the current tokio
@@ -378,9 +395,14 @@ impl UpstreamRoute {
             Failure::Rejected(reason)
         })?;
         let upstream = &self.upstream;
+        let mut request = request;
+        // A protocol switch (WebSocket): the client's side of the connection, once hyper has
+        // sent our 101 (absent on HTTP/2, where no request asks for one).
+        let upgrade = headers::requested_upgrade(request.headers(), request.version());
+        let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let path_and_query = self.rewrite_path(&parts.uri);
-        headers::prepare_request(&mut parts.headers, parts.version);
+        headers::prepare_request(&mut parts.headers, parts.version, upgrade.as_ref());
         let client_host = parts
             .uri
             .authority()
@@ -486,9 +508,26 @@ impl UpstreamRoute {
             let retry = retry_on.is_some_and(|on| upstream.retries.on.contains(&on))
                 && attempt + 1 < attempts;
             match tried_now {
-                Tried::Answered(response) if !retry => {
+                Tried::Answered(mut response) if !retry => {
+                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    if let (true, Some(client_side)) = (switching, client_side) {
+                        let upstream_side = hyper::upgrade::on(&mut response);
+                        let (mut response_parts, _) = response.into_parts();
+                        headers::prepare_response(&mut response_parts.headers, true);
+                        tokio::spawn(tunnel(
+                            client_side,
+                            upstream_side,
+                            permit,
+                            upstream.name.clone(),
+                            target.label.clone(),
+                        ));
+                        return Ok(Response::from_parts(
+                            response_parts,
+                            ResponseBody::default(),
+                        ));
+                    }
                     let (mut response_parts, incoming) = response.into_parts();
-                    headers::prepare_response(&mut response_parts.headers);
+                    headers::prepare_response(&mut response_parts.headers, false);
                     // The route's admission permit goes with the body, until it is sent or dropped.
                     let body = incoming.map_err(move |error| {
                         let _held = &permit;
@@ -533,4 +572,34 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// Carries bytes both ways between a client and a target once both have switched protocols
+/// (a WebSocket), until either side closes. The route's admission permit is held as long: a
+/// route's `max_concurrency` bounds its open tunnels too.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    target: hyper::upgrade::OnUpgrade,
+    permit: crate::runtime::admission::Permit,
+    upstream: Arc<str>,
+    label: Arc<str>,
+) {
+    let (client, target) = match tokio::try_join!(client, target) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(upstream = %upstream, target = %label, error = %error, "protocol switch failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut target = hyper_util::rt::TokioIo::new(target);
+    match tokio::io::copy_bidirectional(&mut client, &mut target).await {
+        Ok((sent, received)) => {
+            tracing::debug!(upstream = %upstream, target = %label, sent, received, "tunnel closed");
+        }
+        Err(error) => {
+            tracing::debug!(upstream = %upstream, target = %label, error = %error, "tunnel ended with an error");
+        }
+    }
+    drop(permit);
 }

@@ -12,9 +12,11 @@ use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::logging::LogBudget;
 use crate::capabilities::outbound_http::{Allowlist, OutboundRule, PrivateAddresses, SelfHandle};
 use crate::client_identity::ClientPolicy;
+use crate::config::split::SplitKind;
 use crate::config::{Config, RouteConfig};
-use crate::generation::{Generation, RequestLimits, Route, Target};
+use crate::generation::{Backend, Generation, RequestLimits, Route, Target};
 use crate::metrics::Metrics;
+use crate::middleware::{self, RateLimit};
 use crate::proxy::{Upstream, UpstreamRoute};
 use crate::router::{RouteSpec, RouteTable};
 use crate::runtime::admission::{Admission, AdmissionLimits};
@@ -22,9 +24,10 @@ use crate::runtime::component::{self, Origin};
 use crate::runtime::engine::{Allocator, EpochTicker, InstanceSlots, build_engine};
 use crate::runtime::instance::{ComponentRoute, HostState, RouteSettings, linker};
 use crate::runtime::linking;
+use crate::split::Split;
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -138,16 +141,22 @@ fn load_routes(
     }
     let mut upstreams = HashMap::new();
     for (name, upstream) in &config.upstreams {
-        let built = Upstream::build(
-            name,
-            upstream,
-            |p| config.resolve(p),
-            process.metrics.clone(),
-        )
-        .with_context(|| format!("[upstream.{name}]"))?;
-        let built = Arc::new(built);
-        built.watch_health();
-        upstreams.insert(name.as_str(), built);
+        let resolve = |p: &Path| config.resolve(p);
+        let kept = previous
+            .upstreams
+            .get(name)
+            .filter(|(before, built)| before == upstream && built.same_files(upstream, resolve));
+        let built = match kept {
+            Some((_, built)) => built.clone(),
+            None => {
+                let built = Upstream::build(name, upstream, resolve, process.metrics.clone())
+                    .with_context(|| format!("[upstream.{name}]"))?;
+                let built = Arc::new(built);
+                built.watch_health();
+                built
+            }
+        };
+        upstreams.insert(name.clone(), (upstream.clone(), built));
     }
     for name in config.unused_components() {
         tracing::warn!(
@@ -172,38 +181,70 @@ fn load_routes(
             .listeners
             .as_ref()
             .map(|names| names.iter().map(|n| Arc::from(n.as_str())).collect());
-        let (metrics, target) = match (&route.component, &route.upstream) {
-            (None, Some(upstream)) => {
-                let upstream = upstreams
-                    .get(upstream.as_str())
-                    .cloned()
-                    .with_context(|| format!("{name}: upstream `{upstream}` is not defined"))?;
-                let metrics = process.metrics.route(&label);
-                let target = Target::Upstream(Arc::new(UpstreamRoute {
-                    upstream,
-                    strip_prefix: route.strip_prefix.clone(),
-                    admission,
-                    metrics: metrics.clone(),
-                }));
-                (metrics, target)
+        let metrics = process.metrics.route(&label);
+        let mut backend = |kind: SplitKind<'_>| -> anyhow::Result<Backend> {
+            Ok(match kind {
+                SplitKind::Upstream(upstream) => {
+                    let upstream = upstreams
+                        .get(upstream)
+                        .map(|(_, built)| built.clone())
+                        .with_context(|| format!("{name}: upstream `{upstream}` is not defined"))?;
+                    Backend::Upstream(Arc::new(UpstreamRoute {
+                        upstream,
+                        strip_prefix: route.strip_prefix.clone(),
+                        admission: admission.clone(),
+                        metrics: metrics.clone(),
+                    }))
+                }
+                SplitKind::Component(component) => {
+                    Backend::Component(Arc::new(load_component_route(
+                        process,
+                        stores,
+                        config,
+                        self_handle,
+                        route,
+                        component,
+                        &name,
+                        admission.clone(),
+                        &mut loaded,
+                        &mut components,
+                    )?))
+                }
+            })
+        };
+        let target = match (&route.component, &route.upstream) {
+            (Some(component), _) => Target::One(backend(SplitKind::Component(component))?),
+            (None, Some(upstream)) => Target::One(backend(SplitKind::Upstream(upstream))?),
+            (None, None) => {
+                let mut backends = Vec::with_capacity(route.targets.len());
+                for target in &route.targets {
+                    let built = backend(target.kind().with_context(|| name.clone())?)?;
+                    let requests = process.metrics.split_requests(&label, &target.label());
+                    backends.push((built, target.weight, requests));
+                }
+                let sticky = route
+                    .sticky
+                    .as_ref()
+                    .map(|s| s.key())
+                    .transpose()
+                    .with_context(|| name.clone())?;
+                Target::Split {
+                    split: Split::new(backends, sticky),
+                    admission: admission.clone(),
+                }
             }
-            _ => {
-                let component = load_component_route(
-                    process,
-                    stores,
-                    config,
-                    self_handle,
-                    route,
-                    &name,
-                    admission,
-                    &mut loaded,
-                    &mut components,
-                )?;
-                (
-                    component.metrics().clone(),
-                    Target::Component(Arc::new(component)),
-                )
+        };
+        let target = Arc::new(target);
+        let rate_limit = match &route.rate_limit {
+            Some(limit) => {
+                let limit = Arc::new(
+                    RateLimit::new(limit, process.metrics.rate_limited(&label))
+                        .with_context(|| name.clone())?,
+                );
+                limit.watch();
+                Some(limit)
             }
+            None => None,
         };
         specs.push(RouteSpec {
             host: route.host.clone(),
@@ -213,7 +254,10 @@ fn load_routes(
                 metrics,
                 private: route.private,
                 listeners,
+                layers: middleware::stack(route, crate::gateway::target_service(target.clone()))
+                    .with_context(|| name.clone())?,
                 target,
+                rate_limit,
             }),
         });
     }
@@ -232,6 +276,7 @@ fn load_routes(
             config.server.trust_request_id,
         )?,
         access_log: config.logging.access_log,
+        upstreams,
     })
 }
 
@@ -247,15 +292,13 @@ fn load_component_route<'a>(
     config: &Config,
     self_handle: &SelfHandle,
     route: &'a RouteConfig,
+    component: &Path,
     name: &str,
     admission: Arc<Admission>,
     loaded: &mut Loaded<'a>,
     components: &mut Vec<(PathBuf, Origin)>,
 ) -> anyhow::Result<ComponentRoute> {
     {
-        let Some(component) = route.component.as_deref() else {
-            anyhow::bail!("{name}: needs a `component` or an `upstream`");
-        };
         let path = config.resolve(component);
         let key = (path.clone(), &route.links);
         let pre = match loaded.get(&key) {
@@ -276,6 +319,7 @@ fn load_component_route<'a>(
         component_route(
             config,
             route,
+            component,
             pre,
             grants,
             self_handle.clone(),
@@ -368,9 +412,11 @@ fn unsupplied_import(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn component_route(
     config: &Config,
     route: &RouteConfig,
+    component: &Path,
     pre: ProxyPre<HostState>,
     keyvalue: Grants,
     self_handle: SelfHandle,
@@ -393,10 +439,6 @@ fn component_route(
     let max_memory = route
         .max_memory
         .unwrap_or(config.engine.max_instance_memory);
-    let component = route
-        .component
-        .as_deref()
-        .unwrap_or(std::path::Path::new(""));
     let file = component.file_name().map_or_else(
         || component.display().to_string(),
         |f| f.to_string_lossy().into_owned(),

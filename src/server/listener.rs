@@ -215,7 +215,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
         Io::Plain(io) => Box::pin(
             all.builders
                 .auto
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned(),
         ),
         Io::Tls(stream) => {
@@ -226,7 +226,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
             };
             Box::pin(
                 builder
-                    .serve_connection(TokioIo::new(*stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(*stream), service)
                     .into_owned(),
             )
         }

@@ -419,3 +419,45 @@ pub fn percent_encode(text: &str) -> String {
         })
         .collect()
 }
+
+/// A body a test server answers with.
+pub type ServerBody = BoxBody<Bytes, std::io::Error>;
+
+/// Starts an HTTP/1.1 server (with upgrades) on an ephemeral port that answers every request
+/// with `handler`; it runs until the test's runtime ends.
+pub async fn serve_http<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ServerBody>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a test server");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let answer = handler(request);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A whole response body for a test server.
+pub fn server_text(text: impl Into<Bytes>) -> ServerBody {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
+}

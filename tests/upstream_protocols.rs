@@ -1,0 +1,178 @@
+//! What an upstream route carries besides plain requests: a WebSocket tunnelled both ways
+//! (real tungstenite server and client), `Expect: 100-continue` answered by the gateway before
+//! the body is sent, and trailers from an HTTP/1.1 target reaching an HTTP/2 client.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket server that answers each text message with `echo: TEXT` and each binary one
+/// with the same bytes.
+async fn websocket_echo() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = socket.next().await {
+                    let reply = match message {
+                        Message::Text(text) => Message::text(format!("echo: {text}")),
+                        Message::Binary(bytes) => Message::Binary(bytes),
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if socket.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_websocket_is_tunnelled_both_ways() {
+    let server = websocket_echo().await;
+    let gw = Gateway::start(&format!(
+        "[upstream.chat]\ntargets = [\"http://{server}\"]\n\
+         [[route]]\npath = \"/chat/...\"\nupstream = \"chat\"\nstrip_prefix = \"/chat\"\n"
+    ));
+    let url = format!("ws://{}/chat/room-1", gw.addr);
+    let (mut socket, response) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the WebSocket handshake through the gateway");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert!(response.headers().get("x-request-id").is_some());
+
+    for i in 0..20 {
+        socket
+            .send(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+        let reply = socket.next().await.unwrap().unwrap();
+        assert_eq!(reply, Message::text(format!("echo: message {i}")));
+    }
+    // A large binary message crosses whole.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    socket.send(Message::binary(big.clone())).await.unwrap();
+    match socket.next().await.unwrap().unwrap() {
+        Message::Binary(bytes) => assert_eq!(bytes.as_ref(), big.as_slice()),
+        other => panic!("{other:?}"),
+    }
+    socket.close(None).await.unwrap();
+
+    // Other requests on the route are still plain HTTP.
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "wasmgate_upstream_requests_total",
+            &[("upstream", "chat"), ("status", "101")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// An upstream that echoes the request body and says whether it saw `expect`.
+async fn echo_upstream() -> std::net::SocketAddr {
+    serve_http(|request: Request<Incoming>| async move {
+        let saw_expect = request.headers().contains_key("expect");
+        let body = request.into_body().map_err(std::io::Error::other).boxed();
+        let mut response = Response::new(body);
+        response
+            .headers_mut()
+            .insert("x-saw-expect", saw_expect.to_string().parse().unwrap());
+        response
+    })
+    .await
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let upstream = echo_upstream().await;
+    let gw = Gateway::start(&format!(
+        "[upstream.api]\ntargets = [\"http://{upstream}\"]\n[[route]]\npath = \"/upload\"\nupstream = \"api\"\n"
+    ));
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: example\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // Nothing of the body is sent until the gateway says to go on.
+    let mut interim = vec![0u8; 25];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_exact(&mut interim),
+    )
+    .await
+    .expect("100 Continue within 10s")
+    .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello world").await.unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).ends_with("hello world") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("the response within 10s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&response).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("x-saw-expect: false"), "{text}");
+}
+
+#[tokio::test]
+async fn trailers_from_an_http1_target_reach_an_http2_client() {
+    let upstream = serve_http(|request: Request<Incoming>| async move {
+        let asked = request.headers().get("te").cloned();
+        let frames = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"payload"))),
+            Ok(Frame::trailers({
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                trailers
+            })),
+        ]);
+        let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+        // HTTP/1.1 senders send only the trailers `trailer` names.
+        response
+            .headers_mut()
+            .insert("trailer", "grpc-status".parse().unwrap());
+        if let Some(te) = asked {
+            response.headers_mut().insert("x-te", te);
+        }
+        response
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "[upstream.grpc]\ntargets = [\"http://{upstream}\"]\n[[route]]\npath = \"/svc/...\"\nupstream = \"grpc\"\n"
+    ));
+    let request = Request::post(gw.url("/svc/Method"))
+        .header("te", "trailers")
+        .body(body("request"))
+        .unwrap();
+    let response = send(&http2(), request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-te"], "trailers");
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
+}
