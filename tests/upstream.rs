@@ -411,63 +411,11 @@ async fn admission_limits_apply_to_upstream_routes() {
     assert_eq!(status, StatusCode::OK);
 }
 
-/// A test upstream over TLS (HTTP/1.1 or h2 by ALPN) with a certificate for `name` from `pki`.
-async fn tls_test_server(pki: &common::tls::Pki, name: &str) -> SocketAddr {
-    let (cert, key) = pki.server_cert(name, &[name], common::tls::CertOptions::default());
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(common::tls::load_certs(&cert), common::tls::load_key(&key))
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let version = format!("{:?}", request.version());
-                    let mut response = Response::new(text_body(version));
-                    response
-                        .headers_mut()
-                        .insert("x-server", "tls".parse().unwrap());
-                    Ok::<_, Infallible>(response)
-                });
-                let io = TokioIo::new(stream);
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, service)
-                    .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn https_targets_are_verified_against_the_configured_ca_and_speak_h2() {
     let dir = tempfile::tempdir().unwrap();
     let pki = common::tls::Pki::new(dir.path(), "internal");
-    let addr = tls_test_server(&pki, "upstream.internal").await;
+    let addr = common::tls::https_test_server(&pki, "upstream.internal").await;
     let target = format!("https://{addr}");
     let trusted = format!(
         "tls = {{ ca = {}, server_name = \"upstream.internal\" }}\n",

@@ -2,6 +2,7 @@
 pub mod config_store;
 pub mod keyvalue;
 pub mod logging;
+pub mod outbound_client;
 pub mod outbound_http;
 pub mod stdio;
 pub mod wasi;

@@ -24,8 +24,8 @@
 //!
 //! A refused address fails inside the component with `destination-IP-prohibited`, and is logged
 //! and counted as denied. Allowed requests go out with connect and first-byte timeouts, so a
-//! slow upstream cannot hold an instance past the route's deadline; `https` uses rustls with the
-//! webpki roots, as wasmtime's default client does.
+//! slow upstream cannot hold an instance past the route's deadline, on the route's pooled client
+//! (`outbound_client`), whose connector makes these checks for every connection it opens.
 //!
 //! # The gateway itself
 //!
@@ -34,16 +34,14 @@
 //! gateway's own router in process, without a socket, and may reach routes marked `private`.
 //! Self-calls nest at most [`MAX_SELF_DEPTH`] deep (`loop-detected` beyond).
 
+use super::outbound_client::{Failure, OutboundClient};
 use crate::metrics::RouteMetrics;
 use bytes::Bytes;
-use http::uri::Scheme;
-use std::future::poll_fn;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::{Pin, pin};
-use std::sync::{Arc, OnceLock};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -406,7 +404,7 @@ impl Allowlist {
 
 /// Why an allowed host's address was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
+pub enum Refusal {
     /// Only a wildcard rule allows the host, and it resolved to an internal address.
     Internal(SocketAddr),
     /// The address is the admin listener's, and no rule names its port.
@@ -432,7 +430,8 @@ impl Refusal {
 
 /// The `wasi:http` hooks of one request's store: the allow-list and outgoing timeouts.
 pub struct OutboundPolicy {
-    pub allowlist: Arc<Allowlist>,
+    /// The route's allow-list and pooled client.
+    pub client: Arc<OutboundClient>,
     pub route: Arc<str>,
     pub request_id: Arc<str>,
     /// The default first-byte timeout of outgoing requests: the route's timeout.
@@ -455,7 +454,7 @@ impl WasiHttpHooks for OutboundPolicy {
         options: Option<RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
-        let grants = match decide(&self.allowlist.rules, request.uri()) {
+        match decide(&self.client.allowlist.rules, request.uri()) {
             Decision::Denied => {
                 tracing::warn!(
                     route = %self.route,
@@ -470,8 +469,8 @@ impl WasiHttpHooks for OutboundPolicy {
                 self.metrics.outbound(OutboundOutcome::Allowed);
                 return self.dispatch_to_self(request);
             }
-            Decision::Network(grants) => grants,
-        };
+            Decision::Network(_) => {}
+        }
         let mut options = options.unwrap_or_default();
         options
             .connect_timeout
@@ -483,8 +482,7 @@ impl WasiHttpHooks for OutboundPolicy {
             .between_bytes_timeout
             .get_or_insert(self.response_timeout);
         let outgoing = Outgoing {
-            allowlist: self.allowlist.clone(),
-            grants,
+            client: self.client.clone(),
             route: self.route.clone(),
             request_id: self.request_id.clone(),
             metrics: self.metrics.clone(),
@@ -518,10 +516,9 @@ impl OutboundPolicy {
     }
 }
 
-/// One allowed request on its way out: resolved and checked here, then sent.
+/// One allowed request on its way out, on the route's pooled client.
 struct Outgoing {
-    allowlist: Arc<Allowlist>,
-    grants: Vec<Grant>,
+    client: Arc<OutboundClient>,
     route: Arc<str>,
     request_id: Arc<str>,
     metrics: Arc<RouteMetrics>,
@@ -534,129 +531,88 @@ impl Outgoing {
         Error::DestinationIpProhibited
     }
 
-    /// Resolves, checks, connects to a checked address and sends; the structure of the exchange
-    /// after the connection follows wasmtime-wasi-http 48's `default_send_request`.
+    /// Sends an allowed request on the route's pooled client (whose connector resolves, checks
+    /// and connects: `outbound_client`), within the request's timeouts: the first byte of the
+    /// response within `first_byte_timeout` (connecting included), each later frame within
+    /// `between_bytes_timeout`.
     async fn send(
         self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: RequestOptions,
     ) -> Result<(http::Response<WasiBody>, IoFuture), Error> {
         let uri = request.uri().clone();
-        let use_tls = uri.scheme() == Some(&Scheme::HTTPS);
-        let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?;
-        let port = uri.port_u16().unwrap_or(if use_tls { 443 } else { 80 });
-        let connect_timeout = options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let first_byte_timeout = options
             .first_byte_timeout
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let between_bytes_timeout = options
             .between_bytes_timeout
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-
-        let addresses = resolve(host, port, connect_timeout).await?;
-        self.allowlist
-            .check(&self.grants, &addresses, false)
-            .map_err(|refusal| self.refuse(refusal, &uri))?;
-        let stream = match connect(&addresses, connect_timeout).await {
-            Ok(stream) => stream,
-            Err(e) => {
+        let sent = tokio::time::timeout(first_byte_timeout, self.client.send(request)).await;
+        let response = match sent {
+            Err(_) => {
+                self.metrics.outbound(OutboundOutcome::Allowed);
+                return Err(Error::ConnectionReadTimeout);
+            }
+            Ok(Err(Failure::Refused(refusal))) => return Err(self.refuse(refusal, &uri)),
+            Ok(Err(Failure::Failed(error))) => {
                 // The policy let it go; the network did not.
                 self.metrics.outbound(OutboundOutcome::Allowed);
-                return Err(e);
+                return Err(error);
             }
+            Ok(Ok(response)) => response,
         };
-        // An address of this machine that no class gives away (its public address) is still
-        // this machine: the admin listener may be behind it when it binds every address.
-        if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
-            let same_host = canonical(peer.ip()) == canonical(local.ip());
-            self.allowlist
-                .check(&self.grants, &[peer], same_host)
-                .map_err(|refusal| self.refuse(refusal, &uri))?;
-        }
         self.metrics.outbound(OutboundOutcome::Allowed);
-
-        let stream: Box<dyn Io> = if use_tls {
-            let config = tls_config()?;
-            let name = tls_server_name(host)?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, stream)
-                .await
-                .map_err(Error::Tls)?;
-            Box::new(stream)
-        } else {
-            Box::new(stream)
-        };
-        let (mut sender, conn) = tokio::time::timeout(
-            connect_timeout,
-            hyper::client::conn::http1::Builder::new()
-                .handshake(hyper_util::rt::TokioIo::new(stream)),
-        )
-        .await
-        .map_err(|_| Error::ConnectionTimeout)??;
-
-        // The request line carries only the path: the scheme and authority are for proxies.
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        *request.uri_mut() = http::Uri::builder()
-            .path_and_query(path)
-            .build()
-            .map_err(|_| Error::HttpRequestUriInvalid)?;
-
-        let send = async move {
-            let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
-                .await
-                .map_err(|_| Error::ConnectionReadTimeout)?
-                .map_err(Error::from)?;
-            // Tokio panics on a zero interval: 1 ns is as good as zero.
-            let between = between_bytes_timeout.max(Duration::from_nanos(1));
-            let mut timeout = tokio::time::interval(between);
-            timeout.reset();
-            Ok::<_, Error>(response.map(|incoming| TimedBody { incoming, timeout }))
-        };
-        let mut send = pin!(send);
-        let mut conn = Some(conn);
-        // Wait for the response while driving the connection.
-        let response = poll_fn(|cx| match send.as_mut().poll(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => {
-                let Some(fut) = conn.as_mut() else {
-                    return Poll::Pending;
-                };
-                let result = ready!(Pin::new(fut).poll(cx));
-                conn = None;
-                match result {
-                    Ok(()) => send.as_mut().poll(cx),
-                    Err(e) => Poll::Ready(Err(Error::from(e))),
-                }
-            }
-        })
-        .await?;
-        let io = async move {
-            let Some(conn) = conn else {
-                return Ok(());
-            };
-            conn.await.map_err(|e| {
-                if e.is_timeout() {
-                    Error::HttpResponseTimeout
-                } else {
-                    Error::from(e)
-                }
-            })
-        };
+        // Tokio panics on a zero interval: 1 ns is as good as zero.
+        let between = between_bytes_timeout.max(Duration::from_nanos(1));
+        let mut timeout = tokio::time::interval(between);
+        timeout.reset();
         use http_body_util::BodyExt;
-        Ok((
-            response.map(BodyExt::boxed_unsync),
-            Box::new(io) as IoFuture,
-        ))
+        let response = response.map(|incoming| TimedBody { incoming, timeout }.boxed_unsync());
+        // The pooled client drives its connections itself.
+        Ok((response, Box::new(async { Ok(()) }) as IoFuture))
     }
 }
 
-/// A connection hyper can run on: TCP or TLS over TCP.
-trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
+/// How connecting to an allowed host ended without a connection.
+pub enum ConnectOutcome {
+    Refused(Refusal),
+    DnsTimeout,
+    DnsError(String),
+    Timeout,
+    Io(std::io::Error),
+}
+
+/// Resolves `host`, checks every address against `grants`, connects to a checked address within
+/// `timeout`, and checks the peer once more (an address of this machine that no class gives
+/// away is still this machine: the admin listener may be behind it).
+pub async fn connect_checked(
+    allowlist: &Allowlist,
+    grants: &[Grant],
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectOutcome> {
+    let addresses = resolve(host, port, timeout).await?;
+    allowlist
+        .check(grants, &addresses, false)
+        .map_err(ConnectOutcome::Refused)?;
+    let stream = connect(&addresses, timeout).await?;
+    if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
+        let same_host = canonical(peer.ip()) == canonical(local.ip());
+        allowlist
+            .check(grants, &[peer], same_host)
+            .map_err(ConnectOutcome::Refused)?;
+    }
+    Ok(stream)
+}
 
 /// The addresses of `host` (a name, an IPv4 address or a bracketed IPv6 one), every one of them,
 /// within `timeout`.
-async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, Error> {
+async fn resolve(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, ConnectOutcome> {
     let literal = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
@@ -664,13 +620,10 @@ async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketA
     if let Ok(ip) = literal.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let not_found = || Error::DnsError {
-        rcode: Some("address not available".into()),
-        info_code: None,
-    };
+    let not_found = || ConnectOutcome::DnsError("address not available".into());
     let addresses: Vec<SocketAddr> =
         match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
-            Err(_) => return Err(Error::DnsTimeout),
+            Err(_) => return Err(ConnectOutcome::DnsTimeout),
             Ok(Err(_)) => return Err(not_found()),
             Ok(Ok(addresses)) => addresses.collect(),
         };
@@ -681,7 +634,7 @@ async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketA
 }
 
 /// Connects to the first of `addresses` that accepts, within `timeout` for all of them.
-async fn connect(addresses: &[SocketAddr], timeout: Duration) -> Result<TcpStream, Error> {
+async fn connect(addresses: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ConnectOutcome> {
     let attempts = async {
         let mut last = None;
         for address in addresses {
@@ -690,7 +643,7 @@ async fn connect(addresses: &[SocketAddr], timeout: Duration) -> Result<TcpStrea
                 Err(e) => last = Some(e),
             }
         }
-        Err(Error::Connect(last.unwrap_or_else(|| {
+        Err(ConnectOutcome::Io(last.unwrap_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::AddrNotAvailable,
                 "no address to connect to",
@@ -699,40 +652,7 @@ async fn connect(addresses: &[SocketAddr], timeout: Duration) -> Result<TcpStrea
     };
     tokio::time::timeout(timeout, attempts)
         .await
-        .map_err(|_| Error::ConnectionTimeout)?
-}
-
-/// The TLS client settings, made once: the webpki roots and rustls's ring provider, as
-/// wasmtime-wasi-http's default client has them.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
-            .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(|e| Error::InternalError(Some(format!("TLS setup: {e}"))))
-}
-
-/// The name a TLS certificate must match: the IP for an IP literal, else the host name.
-fn tls_server_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, Error> {
-    use rustls::pki_types::ServerName;
-    let literal = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if let Ok(ip) = literal.parse::<IpAddr>() {
-        return Ok(ServerName::from(ip));
-    }
-    Ok(ServerName::try_from(host)?.to_owned())
+        .map_err(|_| ConnectOutcome::Timeout)?
 }
 
 /// A response body whose frames must come within the between-bytes timeout.
@@ -1003,23 +923,6 @@ mod tests {
         assert_eq!(
             v6.check(&[NAMED], &[addr("127.0.0.1:9090")], false),
             Err(Refusal::Admin(addr("127.0.0.1:9090")))
-        );
-    }
-
-    #[test]
-    fn tls_names_are_hosts_or_ips() {
-        use rustls::pki_types::ServerName;
-        assert_eq!(
-            tls_server_name("api.example.com").unwrap(),
-            ServerName::try_from("api.example.com").unwrap()
-        );
-        assert_eq!(
-            tls_server_name("[::1]").unwrap(),
-            ServerName::from(Ipv6Addr::LOCALHOST)
-        );
-        assert_eq!(
-            tls_server_name("127.0.0.1").unwrap(),
-            ServerName::from(Ipv4Addr::LOCALHOST)
         );
     }
 

@@ -112,6 +112,9 @@ pub struct ServerConfig {
     /// Whether a host that only a wildcard `allowed_outbound_hosts` entry allows is refused when
     /// it resolves to a loopback, private or link-local address.
     pub outbound_deny_private: bool,
+    /// A CA certificate (PEM) that components' `https` requests trust, besides the public and
+    /// the system's roots.
+    pub outbound_ca: Option<PathBuf>,
     /// Reload when the config file or a component file it names changes.
     pub watch: bool,
     /// Peers (CIDR blocks, or single addresses) whose `forwarded`, `x-forwarded-*` and PROXY
@@ -139,6 +142,7 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
             outbound_deny_private: true,
+            outbound_ca: None,
             watch: false,
             trusted_proxies: Vec::new(),
             trust_request_id: false,

@@ -28,7 +28,8 @@ use crate::body::{CutFlag, ResponseBody};
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, RequestLog};
-use crate::capabilities::outbound_http::{Allowlist, OutboundPolicy, SelfCalls, SelfHandle};
+use crate::capabilities::outbound_client::OutboundClient;
+use crate::capabilities::outbound_http::{OutboundPolicy, SelfCalls, SelfHandle};
 use crate::capabilities::wasi::guest_context;
 use crate::metrics::{GaugeGuard, RouteMetrics};
 use bytes::Bytes;
@@ -208,7 +209,7 @@ pub struct RouteSettings {
     /// `links` name.
     pub component: Arc<str>,
     pub env: Vec<(String, String)>,
-    pub outbound: Arc<Allowlist>,
+    pub outbound: Arc<OutboundClient>,
     pub timeout: Duration,
     pub max_memory: usize,
     /// Shared with the same route of the previous generation when its limits did not change.
@@ -412,7 +413,7 @@ impl ComponentRoute {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
-                allowlist: settings.outbound.clone(),
+                client: settings.outbound.clone(),
                 route: settings.name.clone(),
                 request_id: request_id.clone(),
                 response_timeout: settings.timeout,

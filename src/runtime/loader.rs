@@ -10,6 +10,7 @@
 use crate::capabilities::config_store;
 use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::logging::LogBudget;
+use crate::capabilities::outbound_client::{self, OutboundClient};
 use crate::capabilities::outbound_http::{Allowlist, OutboundRule, PrivateAddresses, SelfHandle};
 use crate::client_identity::ClientPolicy;
 use crate::config::split::SplitKind;
@@ -165,6 +166,13 @@ fn load_routes(
              other components; it is not loaded"
         );
     }
+    let shared = Shared {
+        process,
+        stores,
+        config,
+        self_handle,
+        outbound_tls: outbound_client::tls_config(config)?,
+    };
     // Each distinct component file (with the same links) is loaded once, however many routes
     // use it.
     let mut loaded: Loaded = HashMap::new();
@@ -198,10 +206,7 @@ fn load_routes(
                 }
                 SplitKind::Component(component) => {
                     Backend::Component(Arc::new(load_component_route(
-                        process,
-                        stores,
-                        config,
-                        self_handle,
+                        &shared,
                         route,
                         component,
                         &name,
@@ -284,13 +289,19 @@ fn load_routes(
 /// many routes use it.
 type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>), ProxyPre<HostState>>;
 
+/// What every component route of one generation is built with.
+struct Shared<'g> {
+    process: &'g Process,
+    stores: &'g Stores,
+    config: &'g Config,
+    self_handle: &'g SelfHandle,
+    /// The TLS settings of components' outgoing requests (`[server] outbound_ca` and the roots).
+    outbound_tls: rustls::ClientConfig,
+}
+
 /// A component route: its component loaded (or taken from `loaded`), its grants and settings.
-#[allow(clippy::too_many_arguments)]
 fn load_component_route<'a>(
-    process: &Process,
-    stores: &Stores,
-    config: &Config,
-    self_handle: &SelfHandle,
+    shared: &Shared<'_>,
     route: &'a RouteConfig,
     component: &Path,
     name: &str,
@@ -298,36 +309,29 @@ fn load_component_route<'a>(
     loaded: &mut Loaded<'a>,
     components: &mut Vec<(PathBuf, Origin)>,
 ) -> anyhow::Result<ComponentRoute> {
-    {
-        let path = config.resolve(component);
-        let key = (path.clone(), &route.links);
-        let pre = match loaded.get(&key) {
-            Some(pre) => pre.clone(),
-            None => {
-                let (pre, origin) =
-                    load_route_component(config, route, &path, &process.engine, &process.linker)
-                        .map_err(|e| with_build_hint(e, &path))
-                        .with_context(|| name.to_string())?;
-                components.push((path.clone(), origin));
-                loaded.insert(key, pre.clone());
-                pre
-            }
-        };
-        let grants = stores
-            .grants(&route.keyvalue)
-            .with_context(|| name.to_string())?;
-        component_route(
-            config,
-            route,
-            component,
-            pre,
-            grants,
-            self_handle.clone(),
-            process,
-            admission,
-        )
+    let Shared {
+        process, config, ..
+    } = shared;
+    let path = config.resolve(component);
+    let key = (path.clone(), &route.links);
+    let pre = match loaded.get(&key) {
+        Some(pre) => pre.clone(),
+        None => {
+            let (pre, origin) =
+                load_route_component(config, route, &path, &process.engine, &process.linker)
+                    .map_err(|e| with_build_hint(e, &path))
+                    .with_context(|| name.to_string())?;
+            components.push((path.clone(), origin));
+            loaded.insert(key, pre.clone());
+            pre
+        }
+    };
+    let grants = shared
+        .stores
+        .grants(&route.keyvalue)
+        .with_context(|| name.to_string())?;
+    component_route(shared, route, component, pre, grants, admission)
         .with_context(|| name.to_string())
-    }
 }
 
 /// The route's component, composed with the components it links to if it has `links`, compiled
@@ -412,17 +416,21 @@ fn unsupplied_import(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 fn component_route(
-    config: &Config,
+    shared: &Shared<'_>,
     route: &RouteConfig,
     component: &Path,
     pre: ProxyPre<HostState>,
     keyvalue: Grants,
-    self_handle: SelfHandle,
-    process: &Process,
     admission: Arc<Admission>,
 ) -> anyhow::Result<ComponentRoute> {
+    let Shared {
+        process,
+        config,
+        self_handle,
+        outbound_tls,
+        ..
+    } = shared;
     let outbound = Allowlist {
         rules: route
             .allowed_outbound_hosts
@@ -453,14 +461,17 @@ fn component_route(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        outbound: outbound.into(),
+        outbound: Arc::new(OutboundClient::new(
+            Arc::new(outbound),
+            outbound_tls.clone(),
+        )),
         timeout: route.timeout.unwrap_or(config.server.request_timeout),
         max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
         admission,
         instances: process.instances.clone(),
         keyvalue,
         config: config_store::resolve(&route.config, |name| std::env::var(name).ok())?,
-        self_handle,
+        self_handle: (*self_handle).clone(),
         log_budget: LogBudget::new(
             config.logging.max_guest_messages,
             config.logging.max_guest_bytes,
