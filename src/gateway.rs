@@ -184,6 +184,7 @@ impl Gateway {
                 _ => Scheme::Http,
             },
             request_id: seen.request_id.clone(),
+            client: seen.client,
             cut: cut.clone(),
             calls,
         };
@@ -400,6 +401,8 @@ fn choose_route<B>(
 struct TargetCall {
     scheme: Scheme,
     request_id: Arc<str>,
+    /// The client's address, after `trusted_proxies` (none for self-calls).
+    client: Option<std::net::IpAddr>,
     cut: CutFlag,
     calls: SelfCalls,
 }
@@ -442,6 +445,7 @@ where
     let TargetCall {
         scheme,
         request_id,
+        client,
         cut,
         calls,
     } = call;
@@ -458,7 +462,7 @@ where
                 .handle(request, scheme, &request_id, cut, calls)
                 .await
         }
-        Backend::Upstream(upstream) => upstream.forward(request, &request_id).await,
+        Backend::Upstream(upstream) => upstream.forward(request, &request_id, client).await,
     }?;
     if let Some(cookie) = set_cookie {
         response

@@ -110,26 +110,34 @@ impl Split {
     /// The next point of the spread: a counter, scrambled (splitmix64) so consecutive requests
     /// land far apart and every window of requests is shared close to the weights.
     fn spread(&self) -> u64 {
-        let mut z = self
-            .next
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % self.total
+        scramble(self.next.fetch_add(1, Ordering::Relaxed)) % self.total
     }
 
     /// A sticky value's point: the same in every process and every version of the gateway.
     fn hashed(&self, value: &[u8]) -> u64 {
-        let digest = sha2::Sha256::digest(value);
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
-        u64::from_be_bytes(first) % self.total
+        stable_hash(value) % self.total
     }
 }
 
+/// A hash of `value` that every gateway process and version agrees on (SHA-256's first 8
+/// bytes), for choices that must not move between replicas.
+pub(crate) fn stable_hash(value: &[u8]) -> u64 {
+    let digest = sha2::Sha256::digest(value);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// splitmix64's finaliser: a bijective scramble of `z`.
+pub(crate) fn scramble(mut z: u64) -> u64 {
+    z = z.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()

@@ -383,6 +383,18 @@ fn upstream_routes_are_checked() {
             "must not have a path",
         ),
         (
+            upstream("bad", &["http://x:1".into()], "hash_key = \"header:x\""),
+            "hash_key is for balance = \"hash\"",
+        ),
+        (
+            upstream(
+                "bad",
+                &["http://x:1".into()],
+                "balance = \"hash\"\nhash_key = \"query:x\"",
+            ),
+            "hash_key is `client_ip`, `header:NAME` or `cookie:NAME`",
+        ),
+        (
             "[[route]]\npath = \"/x\"\n".to_string(),
             "needs a `component`, an `upstream` or `targets`",
         ),
@@ -551,4 +563,76 @@ async fn a_reload_keeps_an_unchanged_upstream_and_its_connections() {
     reload().await;
     requests(1).await;
     assert_eq!(server.connections.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn hash_balancing_keeps_a_key_on_its_target_and_moves_only_a_leaving_targets_keys() {
+    let servers = [
+        test_server("a").await,
+        test_server("b").await,
+        test_server("c").await,
+    ];
+    let targets: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.addr))
+        .collect();
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        upstream(
+            "api",
+            &targets,
+            "balance = \"hash\"\nhash_key = \"header:x-user\"\n\
+             health = { path = \"/healthz\", interval = \"100ms\", unhealthy_after = 1, healthy_after = 1 }\n"
+        ),
+        upstream_route("/...", "api", "")
+    ));
+    let client = http1();
+    let server_of = |user: usize| {
+        let (client, url) = (client.clone(), gw.url("/who"));
+        async move {
+            let request = Request::get(url)
+                .header("x-user", format!("user-{user}"))
+                .body(empty())
+                .unwrap();
+            let (status, headers, _) = read(send(&client, request).await).await;
+            assert_eq!(status, StatusCode::OK);
+            headers["x-server"].to_str().unwrap().to_string()
+        }
+    };
+    let mut before = Vec::new();
+    for user in 0..60 {
+        let first = server_of(user).await;
+        for _ in 0..2 {
+            assert_eq!(server_of(user).await, first, "user-{user} moved");
+        }
+        before.push(first);
+    }
+    for name in ["a", "b", "c"] {
+        let share = before.iter().filter(|s| *s == name).count();
+        assert!(share >= 5, "{name} got {share} of 60 users: {before:?}");
+    }
+
+    // b fails its health check: its users move, nobody else does.
+    servers[1].health.store(503, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    loop {
+        let healthy = metric_value(
+            &gw.metrics().await,
+            "wasmgate_upstream_target_healthy",
+            &[("upstream", "api"), ("target", &targets[1])],
+        );
+        if healthy == Some(0.0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "b never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (user, was) in before.iter().enumerate() {
+        let now = server_of(user).await;
+        if was == "b" {
+            assert_ne!(now, "b", "user-{user} still on b");
+        } else {
+            assert_eq!(&now, was, "user-{user} moved though its target stayed");
+        }
+    }
 }

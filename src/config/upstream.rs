@@ -15,6 +15,9 @@ pub struct UpstreamConfig {
     /// How a request picks its target.
     #[serde(default)]
     pub balance: Balance,
+    /// With `balance = "hash"`: what a request is hashed by, `client_ip` (the default),
+    /// `header:NAME` or `cookie:NAME`.
+    pub hash_key: Option<String>,
     /// How long connecting to a target may take; then the next target is tried (a retry), or
     /// the client gets 502.
     #[serde(
@@ -94,6 +97,38 @@ pub enum Balance {
     RoundRobin,
     /// The less busy of two targets picked at random (power of two choices).
     LeastRequest,
+    /// The same key (`hash_key`) to the same target while it is healthy (rendezvous hashing:
+    /// a target that leaves moves only its own keys).
+    Hash,
+}
+
+/// What `balance = "hash"` hashes a request by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address (after `trusted_proxies`).
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses `client_ip`, `header:NAME` or `cookie:NAME`.
+    pub fn parse(text: &str) -> anyhow::Result<HashKey> {
+        if text == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        if let Some(name) = text.strip_prefix("header:") {
+            return http::HeaderName::try_from(name)
+                .map(HashKey::Header)
+                .with_context(|| format!("hash_key: `{name}` is not a header name"));
+        }
+        if let Some(name) = text.strip_prefix("cookie:")
+            && !name.is_empty()
+        {
+            return Ok(HashKey::Cookie(name.to_string()));
+        }
+        bail!("hash_key is `client_ip`, `header:NAME` or `cookie:NAME`, not `{text}`")
+    }
 }
 
 /// The `Host` header a target sees.
@@ -190,6 +225,13 @@ impl UpstreamConfig {
         }
         if self.eject_after == 0 {
             bail!("{}: eject_after must be at least 1", what());
+        }
+        match (&self.hash_key, self.balance) {
+            (Some(key), Balance::Hash) => {
+                HashKey::parse(key).with_context(what)?;
+            }
+            (Some(_), _) => bail!("{}: hash_key is for balance = \"hash\"", what()),
+            (None, _) => {}
         }
         if let Some(health) = &self.health {
             if !health.path.starts_with('/')

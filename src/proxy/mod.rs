@@ -8,7 +8,9 @@
 //! admission with the route's `max_concurrency` and queue, metrics, the access log); its
 //! target stage ([`UpstreamRoute::forward`]):
 //!
-//! 1. picks a healthy target: round robin, or the less busy of two (`least_request`);
+//! 1. picks a healthy target: round robin, the less busy of two (`least_request`), or by a
+//!    hash of the client's address, a header or a cookie (`hash`, rendezvous hashing: while a
+//!    target is healthy its keys stay on it, and a target that leaves moves only its own);
 //! 2. rewrites the request: `strip_prefix` off the path, hop-by-hop headers removed
 //!    (`headers`), `via` added, `Host` kept or set to the target's;
 //! 3. sends it, with `connect_timeout` for the connection and `timeout` for the response
@@ -31,7 +33,7 @@ mod headers;
 
 use crate::body::{BoxError, ResponseBody};
 use crate::config::upstream::{
-    Balance, HealthCheck, HostHeader, Retries, RetryOn, UpstreamConfig, target_uri,
+    Balance, HashKey, HealthCheck, HostHeader, Retries, RetryOn, UpstreamConfig, target_uri,
 };
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::runtime::admission::Admission;
@@ -47,6 +49,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -74,6 +77,8 @@ pub struct Upstream {
     targets: Vec<UpstreamTarget>,
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     balance: Balance,
+    /// What `Balance::Hash` hashes by.
+    hash_key: HashKey,
     timeout: Duration,
     host_header: HostHeader,
     retries: Retries,
@@ -89,6 +94,8 @@ struct UpstreamTarget {
     authority: Authority,
     /// `http://10.0.0.5:8000`, the `target` label.
     label: Arc<str>,
+    /// The target's own seed for rendezvous hashing (a hash of its label).
+    seed: u64,
     in_flight: AtomicUsize,
     failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
@@ -124,6 +131,7 @@ impl Upstream {
             targets.push(UpstreamTarget {
                 scheme,
                 authority,
+                seed: crate::split::stable_hash(label.as_bytes()),
                 label,
                 in_flight: AtomicUsize::new(0),
                 failures: AtomicU32::new(0),
@@ -180,6 +188,10 @@ impl Upstream {
             targets,
             client,
             balance: config.balance,
+            hash_key: match &config.hash_key {
+                Some(key) => HashKey::parse(key)?,
+                None => HashKey::ClientIp,
+            },
             timeout: config.timeout,
             host_header: config.host_header,
             retries: config.retries.clone(),
@@ -291,15 +303,41 @@ impl Upstream {
         }
     }
 
-    /// A healthy target not in `tried`, by the upstream's balance.
-    fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// What a request hashes to under `balance = "hash"` (`None`: not hashed, or no key: the
+    /// request is balanced round robin).
+    fn request_key(&self, headers: &http::HeaderMap, client: Option<IpAddr>) -> Option<u64> {
+        if self.balance != Balance::Hash {
+            return None;
+        }
+        match &self.hash_key {
+            HashKey::ClientIp => {
+                client.map(|ip| crate::split::stable_hash(ip.to_string().as_bytes()))
+            }
+            HashKey::Header(name) => headers
+                .get(name)
+                .map(|value| crate::split::stable_hash(value.as_bytes())),
+            HashKey::Cookie(name) => crate::split::cookie(headers, name)
+                .map(|value| crate::split::stable_hash(value.as_bytes())),
+        }
+    }
+
+    /// A healthy target not in `tried`, by the upstream's balance (`key`: the request's hash).
+    fn pick(&self, tried: &[usize], key: Option<u64>) -> Option<usize> {
         let candidate = |i: &usize| !tried.contains(i) && self.available(*i);
+        if let Some(key) = key {
+            // Rendezvous hashing: the candidate that scores highest for this key.
+            return (0..self.targets.len())
+                .filter(candidate)
+                .max_by_key(|i| crate::split::scramble(key ^ self.targets[*i].seed));
+        }
         let count = (0..self.targets.len()).filter(candidate).count();
         let nth = |n: usize| (0..self.targets.len()).filter(candidate).nth(n);
         match (count, self.balance) {
             (0, _) => None,
             (1, _) => nth(0),
-            (n, Balance::RoundRobin) => nth(self.next.fetch_add(1, Ordering::Relaxed) % n),
+            (n, Balance::RoundRobin | Balance::Hash) => {
+                nth(self.next.fetch_add(1, Ordering::Relaxed) % n)
+            }
             (n, Balance::LeastRequest) => {
                 let (a, b) = (nth(fastrand_index(n))?, nth(fastrand_index(n))?);
                 let load = |i: usize| self.targets[i].in_flight.load(Ordering::Relaxed);
@@ -385,6 +423,7 @@ impl UpstreamRoute {
         &self,
         request: Request<B>,
         request_id: &str,
+        client: Option<IpAddr>,
     ) -> Result<Response<ResponseBody>, Failure>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -400,6 +439,7 @@ impl UpstreamRoute {
         // sent our 101 (absent on HTTP/2, where no request asks for one).
         let upgrade = headers::requested_upgrade(request.headers(), request.version());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let key = upstream.request_key(request.headers(), client);
         let (mut parts, body) = request.into_parts();
         let path_and_query = self.rewrite_path(&parts.uri);
         headers::prepare_request(&mut parts.headers, parts.version, upgrade.as_ref());
@@ -425,7 +465,7 @@ impl UpstreamRoute {
         let mut tried = Vec::new();
         let mut last = UpstreamFailure::NoHealthyTarget;
         for attempt in 0..attempts {
-            let Some(index) = upstream.pick(&tried) else {
+            let Some(index) = upstream.pick(&tried, key) else {
                 break;
             };
             tried.push(index);
