@@ -1010,6 +1010,19 @@ mod tests {
         Config::parse(text, PathBuf::from("/etc/wasmgate"))
     }
 
+    /// The config examples of the README and the reference docs are configs the gateway takes.
+    #[test]
+    fn the_readme_and_reference_examples_parse() {
+        for (doc, text) in [
+            ("README.md", include_str!("../../README.md")),
+            ("docs/config.md", include_str!("../../docs/config.md")),
+            ("docs/keyvalue.md", include_str!("../../docs/keyvalue.md")),
+            ("docs/linking.md", include_str!("../../docs/linking.md")),
+        ] {
+            assert!(!documented_configs(text).is_empty(), "{doc} has no example");
+        }
+    }
+
     /// The whole error chain of a config that must be refused.
     fn refusal(text: &str) -> String {
         format!("{:#}", parse(text).expect_err("the config must be refused"))
