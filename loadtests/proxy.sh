@@ -20,7 +20,7 @@ echo "load: wrk -t2 -c${CONNECTIONS:-64} -d${DURATION:-10s} (after a 2 s warm-up
 echo "nginx: $(nginx -v 2>&1)"
 echo
 
-"$ROOT/target/release/examples/hyper_hello" 127.0.0.1:18391 >/dev/null & PIDS+=($!)
+"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hyper_hello" 127.0.0.1:18391 >/dev/null & PIDS+=($!)
 wait_http http://127.0.0.1:18391/
 
 results=()
@@ -41,7 +41,7 @@ path = "/..."
 upstream = "hello"
 max_concurrency = 1000
 TOML
-RUST_LOG=warn "$ROOT/target/release/wasmgate" serve "$config" >/dev/null 2>&1 & PIDS+=($!)
+RUST_LOG=warn "${WASMGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/wasmgate}" serve "$config" >/dev/null 2>&1 & PIDS+=($!)
 wait_http http://127.0.0.1:18390/
 results+=("$(bench wasmgate http://127.0.0.1:18390/)")
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true

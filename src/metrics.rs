@@ -55,6 +55,8 @@ pub struct Metrics {
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_healthy: IntGaugeVec,
+    upstream_connections: IntGaugeVec,
+    upstream_connections_opened: IntCounterVec,
     split_requests: IntCounterVec,
     rate_limited: IntCounterVec,
     /// The live generation's number: 1 for the config loaded at start, +1 per applied reload.
@@ -183,6 +185,16 @@ impl Metrics {
                 "1 while an upstream target takes requests, 0 while it is ejected.",
                 &["upstream", "target"],
             ),
+            upstream_connections: gauge(
+                "wasmgate_upstream_connections",
+                "Connections open to an upstream target (in use or idle in the pool).",
+                &["upstream", "target"],
+            ),
+            upstream_connections_opened: counter(
+                "wasmgate_upstream_connections_opened_total",
+                "Connections made to an upstream target; against its requests, how well keep-alive works.",
+                &["upstream", "target"],
+            ),
             split_requests: counter(
                 "wasmgate_split_requests_total",
                 "Requests a split route sent to each of its targets.",
@@ -286,6 +298,18 @@ impl Metrics {
             .with_label_values(&[upstream, target, status])
             .inc();
         duration.observe(seconds);
+    }
+
+    /// The open-connections gauge of one upstream target.
+    pub fn upstream_connections_open(&self, upstream: &str, target: &str) -> IntGauge {
+        self.upstream_connections
+            .with_label_values(&[upstream, target])
+    }
+
+    /// The connections-opened counter of one upstream target.
+    pub fn upstream_connections_opened(&self, upstream: &str, target: &str) -> IntCounter {
+        self.upstream_connections_opened
+            .with_label_values(&[upstream, target])
     }
 
     /// The request counter of one target of a split route.

@@ -233,6 +233,23 @@ async fn requests_are_rewritten_forwarded_and_kept_alive() {
             >= 42.0,
         "{metrics}"
     );
+    // The pool's counts, as the gateway sees them, match the target's.
+    let opened = metric_value(
+        &metrics,
+        "wasmgate_upstream_connections_opened_total",
+        &[("upstream", "api")],
+    );
+    assert_eq!(
+        opened,
+        Some(server.connections.load(Ordering::Relaxed) as f64),
+        "{metrics}"
+    );
+    let open = metric_value(
+        &metrics,
+        "wasmgate_upstream_connections",
+        &[("upstream", "api")],
+    );
+    assert!(open.is_some_and(|n| n >= 1.0), "{metrics}");
     assert!(
         metric_value(
             &metrics,

@@ -176,3 +176,52 @@ async fn trailers_from_an_http1_target_reach_an_http2_client() {
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
 }
+
+#[tokio::test]
+async fn h2c_targets_get_http2_without_tls() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let version = format!("{:?}", request.version());
+                    let frames = futures::stream::iter(vec![
+                        Ok::<_, std::io::Error>(Frame::data(Bytes::from(version))),
+                        Ok(Frame::trailers({
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            trailers
+                        })),
+                    ]);
+                    Ok::<_, std::convert::Infallible>(Response::new(BodyExt::boxed(
+                        StreamBody::new(frames),
+                    )))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "[upstream.grpc]\ntargets = [\"http://{addr}\"]\nh2c = true\n[[route]]\npath = \"/...\"\nupstream = \"grpc\"\n"
+    ));
+    for (client, h2) in [(http1(), false), (http2(), true)] {
+        let response = send(
+            &client,
+            Request::post(gw.url("/svc/Call")).body(body("x")).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"HTTP/2.0"));
+        // HTTP/2 clients get the target's trailers (an HTTP/1.1 client that did not send
+        // `te: trailers` gets none).
+        if h2 {
+            assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+        }
+    }
+}

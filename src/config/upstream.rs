@@ -31,6 +31,10 @@ pub struct UpstreamConfig {
     /// The `Host` the target sees.
     #[serde(default)]
     pub host_header: HostHeader,
+    /// Speak HTTP/2 to every target, without TLS to `http://` ones (prior knowledge, as gRPC
+    /// services over cleartext expect); `https://` targets choose by ALPN without it.
+    #[serde(default)]
+    pub h2c: bool,
     /// Sending a request again to another target.
     #[serde(default)]
     pub retries: Retries,

@@ -29,6 +29,7 @@
 //! client sees an aborted response (HTTP/1.1 closes without the last chunk, HTTP/2 resets the
 //! stream), never a complete-looking one.
 
+mod counted;
 mod headers;
 
 use crate::body::{BoxError, ResponseBody};
@@ -75,7 +76,7 @@ pub struct Upstream {
     /// builds the upstream again.
     ca_pem: Option<Vec<u8>>,
     targets: Vec<UpstreamTarget>,
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: Client<HttpsConnector<counted::CountingConnector>, ProxyBody>,
     balance: Balance,
     /// What `Balance::Hash` hashes by.
     hash_key: HashKey,
@@ -166,6 +167,15 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
+        let counts = targets
+            .iter()
+            .map(|target| counted::TargetConnections {
+                authority: target.authority.clone(),
+                open: metrics.upstream_connections_open(name, &target.label),
+                opened: metrics.upstream_connections_opened(name, &target.label),
+            })
+            .collect();
+        let http = counted::CountingConnector::new(http, counts);
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(client_tls)
             .https_or_http();
@@ -181,6 +191,7 @@ impl Upstream {
         let connector = builder.enable_all_versions().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(config.h2c)
             .build(connector);
         Ok(Upstream {
             name: name.into(),
