@@ -15,7 +15,6 @@
 
 use super::outbound_http::{Allowlist, Decision, Refusal as ConnectRefused, decide};
 use crate::config::Config;
-use anyhow::Context as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -149,34 +148,13 @@ fn failure(error: hyper_util::client::legacy::Error, https: bool) -> Failure {
 /// The TLS settings guests' requests use: the webpki roots, the system's roots (read from the
 /// machine when the generation is built) and `[server] outbound_ca`.
 pub fn tls_config(config: &Config) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::debug!(error = %error, "a system root certificate could not be read");
-    }
-    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if let Some(ca) = &config.server.outbound_ca {
-        let path = config.resolve(ca);
-        for cert in crate::tls::certs::read_certificates(&path)
-            .with_context(|| format!("[server] outbound_ca {}", path.display()))?
-        {
-            roots.add(cert).with_context(|| {
-                format!(
-                    "[server] outbound_ca {}: not a CA certificate",
-                    path.display()
-                )
-            })?;
-        }
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS versions")?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    let ca = config
+        .server
+        .outbound_ca
+        .as_ref()
+        .map(|ca| config.resolve(ca));
+    let roots = crate::tls::certs::client_roots(ca.as_deref(), "[server] outbound_ca")?;
+    crate::tls::certs::client_config(roots)
 }
 
 /// The client's connector: resolves, checks and connects as the module docs say.

@@ -2,8 +2,9 @@
 //! `upstream = "NAME"`), so one gateway fronts components and existing services alike.
 //!
 //! Every upstream has one pooled hyper-util client (keep-alive, HTTP/1.1 to `http://`
-//! targets, HTTP/1.1 or h2 by ALPN to `https://` targets over rustls with the public roots and
-//! the upstream's own CA). Bodies stream both ways; nothing is buffered. An upstream route
+//! targets or HTTP/2 with `h2c`, HTTP/1.1 or h2 by ALPN to `https://` targets over rustls with
+//! the public roots, the machine's and the upstream's own CA; its connections counted by
+//! `counted`). Bodies stream both ways; nothing is buffered. An upstream route
 //! goes through the same stages as a component route (guards, the client's identity headers,
 //! admission with the route's `max_concurrency` and queue, metrics, the access log); its
 //! target stage ([`UpstreamRoute::forward`]):
@@ -16,9 +17,11 @@
 //! 3. sends it, with `connect_timeout` for the connection and `timeout` for the response
 //!    headers: a connection that fails is 502, a target past its timeout 504, no healthy
 //!    target 503 with `Retry-After`;
-//! 4. retries on another target when `retries` allows it (idempotent methods without a body
+//! 4. on a `101 Switching Protocols` (WebSocket), carries bytes both ways between the two
+//!    connections ([`tunnel`]);
+//! 5. retries on another target when `retries` allows it (idempotent methods without a body
 //!    only: a streamed body cannot be sent twice);
-//! 5. counts the outcome per target: `eject_after` consecutive failures take a target out of
+//! 6. counts the outcome per target: `eject_after` consecutive failures take a target out of
 //!    rotation for `eject_for` (passive health checking).
 //!
 //! With `health`, each target is also checked actively ([`Upstream::watch_health`]): a GET to
@@ -144,25 +147,11 @@ impl Upstream {
                 healthy,
             });
         }
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls = config.tls.as_ref();
         let ca_pem = Self::read_ca(config, &resolve);
-        if let Some(ca) = tls.and_then(|t| t.ca.as_ref()) {
-            let ca = resolve(ca);
-            for cert in crate::tls::certs::read_certificates(&ca)? {
-                roots
-                    .add(cert)
-                    .with_context(|| format!("tls ca {}: not a CA certificate", ca.display()))?;
-            }
-        }
-        let client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let ca = tls.and_then(|t| t.ca.as_ref()).map(|ca| resolve(ca));
+        let roots = crate::tls::certs::client_roots(ca.as_deref(), "tls ca")?;
+        let client_tls = crate::tls::certs::client_config(roots)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

@@ -3,7 +3,8 @@
 //! A certificate that cannot serve is an error naming its file, at start-up, on reload and on
 //! rotation alike: a file without a certificate, a key of a kind the crypto provider cannot
 //! sign with, a key that is not the certificate's, a leaf certificate that has expired or is not
-//! yet valid. The chain is sent as the file has it, leaf first.
+//! yet valid. The chain is sent as the file has it, leaf first. Also here: the roots and TLS
+//! settings of the gateway's own clients ([`client_roots`], [`client_config`]).
 
 use anyhow::{Context, bail};
 use rustls::crypto::CryptoProvider;
@@ -121,4 +122,37 @@ fn unix_now() -> i64 {
 fn timestamp(seconds: i64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0) as u64);
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// The roots the gateway's clients (upstream routes, components' outgoing requests) trust: the
+/// public (webpki) roots, the machine's own (read now), and `extra_ca` if given (`what` names
+/// the setting in errors).
+pub fn client_roots(extra_ca: Option<&Path>, what: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+    };
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(error = %error, "a system root certificate could not be read");
+    }
+    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = extra_ca {
+        for cert in read_certificates(ca).with_context(|| format!("{what} {}", ca.display()))? {
+            roots
+                .add(cert)
+                .with_context(|| format!("{what} {}: not a CA certificate", ca.display()))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A TLS client config over `roots`: rustls with the ring provider, TLS 1.2 and 1.3.
+pub fn client_config(roots: rustls::RootCertStore) -> anyhow::Result<rustls::ClientConfig> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS versions")?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
