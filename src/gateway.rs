@@ -294,11 +294,13 @@ impl Seen {
     }
 }
 
-/// The identity stage: only the gateway sets `x-wasmgate-*` headers; a client's request gets
+/// The identity stage: headers the client's `Connection` names are dropped (they were for this
+/// hop), only the gateway sets `x-wasmgate-*` headers; a client's request gets
 /// the client's identity headers and its request id (`client_identity`), a component's request
 /// to `http://self` keeps its own headers and gets a new request id.
 fn identify<B>(request: &mut Request<B>, generation: &Generation, seen: &mut Seen, depth: u32) {
     let headers = request.headers_mut();
+    crate::proxy::headers::remove_connection_named(headers);
     let spoofed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with(GATEWAY_HEADER_PREFIX))

@@ -110,13 +110,23 @@ impl Split {
     /// The next point of the spread: a counter, scrambled (splitmix64) so consecutive requests
     /// land far apart and every window of requests is shared close to the weights.
     fn spread(&self) -> u64 {
-        scramble(self.next.fetch_add(1, Ordering::Relaxed)) % self.total
+        point(
+            scramble(self.next.fetch_add(1, Ordering::Relaxed)),
+            self.total,
+        )
     }
 
     /// A sticky value's point: the same in every process and every version of the gateway.
     fn hashed(&self, value: &[u8]) -> u64 {
-        stable_hash(value) % self.total
+        point(stable_hash(value), self.total)
     }
+}
+
+/// Where `hash` falls in `0..total`: the same fraction of the range as `hash` is of all u64
+/// (not `hash % total`, which reshuffles every client whenever the total changes). Raising one
+/// weight then only moves the boundaries next to its range, by its share.
+fn point(hash: u64, total: u64) -> u64 {
+    ((u128::from(hash) * u128::from(total)) >> 64) as u64
 }
 
 /// A hash of `value` that every gateway process and version agrees on (SHA-256's first 8
@@ -152,6 +162,26 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ramp_moves_clients_only_towards_the_raised_target() {
+        // 10/90, then 20/90: the first target's range grows from 10 of 100 to 20 of 110.
+        let (mut stayed, mut moved) = (0, 0);
+        for client in 0..10_000u64 {
+            let hash = stable_hash(&client.to_be_bytes());
+            let before = point(hash, 100) < 10;
+            let after = point(hash, 110) < 20;
+            assert!(!before || after, "client {client} left the raised target");
+            if before {
+                stayed += 1;
+            } else if after {
+                moved += 1;
+            }
+        }
+        // About 10% were on it, and about 8% more (20/110 - 10/100) joined.
+        assert!((900..1100).contains(&stayed), "{stayed}");
+        assert!((650..1000).contains(&moved), "{moved}");
+    }
 
     #[test]
     fn cookies_are_found_among_others() {

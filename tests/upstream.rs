@@ -185,7 +185,10 @@ async fn requests_are_rewritten_forwarded_and_kept_alive() {
     let request = Request::get(gw.url("/api/users?page=2"))
         .header("host", "shop.example")
         .header("x-forwarded-for", "6.6.6.6")
-        .header("connection", "x-secret")
+        .header(
+            "connection",
+            "x-secret, x-forwarded-for, x-request-id, forwarded",
+        )
         .header("x-secret", "1")
         .body(empty())
         .unwrap();
@@ -197,6 +200,7 @@ async fn requests_are_rewritten_forwarded_and_kept_alive() {
     assert_eq!(line(&text, "x-forwarded-proto"), Some("http"));
     assert_eq!(line(&text, "via"), Some("1.1 wasmgate"));
     assert!(line(&text, "x-request-id").is_some(), "{text}");
+    assert!(line(&text, "forwarded").is_some(), "{text}");
     assert_eq!(
         line(&text, "x-secret"),
         None,
@@ -651,5 +655,28 @@ async fn hash_balancing_keeps_a_key_on_its_target_and_moves_only_a_leaving_targe
         } else {
             assert_eq!(&now, was, "user-{user} moved though its target stayed");
         }
+    }
+}
+
+#[tokio::test]
+async fn a_retried_answer_reaches_the_client_when_no_other_try_answers() {
+    let server = test_server("a").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        upstream(
+            "api",
+            &[format!("http://{}", server.addr), dead_target()],
+            "retries = { attempts = 2, on = [\"connect-failure\", \"503\"] }\neject_after = 100\n"
+        ),
+        upstream_route("/...", "api", "")
+    ));
+    // Whichever target comes first, the 503 is the only answer there is: the client gets it,
+    // not a 502.
+    for _ in 0..4 {
+        let (status, _, body) = get(&http1(), &gw.url("/status/503")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "a")
+        );
     }
 }

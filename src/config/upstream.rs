@@ -230,6 +230,13 @@ impl UpstreamConfig {
         if self.eject_after == 0 {
             bail!("{}: eject_after must be at least 1", what());
         }
+        if self.retries.attempts > crate::proxy::MAX_RETRIES {
+            bail!(
+                "{}: retries.attempts is at most {}",
+                what(),
+                crate::proxy::MAX_RETRIES
+            );
+        }
         match (&self.hash_key, self.balance) {
             (Some(key), Balance::Hash) => {
                 HashKey::parse(key).with_context(what)?;

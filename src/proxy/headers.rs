@@ -13,18 +13,26 @@ const HOP_BY_HOP: [&str; 5] = [
     "http2-settings",
 ];
 
-/// Removes the hop-by-hop headers, the ones `Connection` names included.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the headers `Connection` names (they were for the hop that ends here), but for
+/// `upgrade`, which the request stages still read. The gateway does this to a client's request
+/// as it arrives, before it adds headers of its own (`x-forwarded-for`, `x-request-id`, a
+/// route's `request_set`), so a client cannot name those to have them dropped.
+pub fn remove_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| *name != UPGRADE)
         .collect();
     for name in named {
         headers.remove(name);
     }
+}
+
+/// Removes the hop-by-hop headers that are always such (not those `Connection` names).
+fn remove_fixed_hop_by_hop(headers: &mut HeaderMap) {
     // `trailer` is not one: it names the trailers to come, which HTTP/1.1 senders need.
     for name in [CONNECTION, TE, TRANSFER_ENCODING, UPGRADE] {
         headers.remove(name);
@@ -32,6 +40,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// Removes the hop-by-hop headers, the ones `Connection` names included.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_connection_named(headers);
+    remove_fixed_hop_by_hop(headers);
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and `Upgrade`,
@@ -51,7 +65,8 @@ pub fn requested_upgrade(headers: &HeaderMap, version: Version) -> Option<Header
     }
 }
 
-/// A request on its way to a target: hop-by-hop headers removed (but `te: trailers`), `Expect` too (the gateway
+/// A request on its way to a target (its `Connection`-named headers already removed on
+/// arrival): hop-by-hop headers removed (but `te: trailers`), `Expect` too (the gateway
 /// itself answers `100 Continue` as it starts reading the body, and a target gets the body
 /// straight away), and this hop in `via`. A request that asks for `upgrade` keeps asking.
 pub fn prepare_request(headers: &mut HeaderMap, version: Version, upgrade: Option<&HeaderValue>) {
@@ -63,7 +78,7 @@ pub fn prepare_request(headers: &mut HeaderMap, version: Version, upgrade: Optio
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("trailers"));
-    remove_hop_by_hop(headers);
+    remove_fixed_hop_by_hop(headers);
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
@@ -119,6 +134,7 @@ mod tests {
             headers.append(name, HeaderValue::from_static(value));
         }
         assert_eq!(requested_upgrade(&headers, Version::HTTP_11), None);
+        remove_connection_named(&mut headers);
         prepare_request(&mut headers, Version::HTTP_11, None);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept", "via"]);

@@ -33,7 +33,7 @@
 //! stream), never a complete-looking one.
 
 mod counted;
-mod headers;
+pub mod headers;
 
 use crate::body::{BoxError, ResponseBody};
 use crate::config::upstream::{
@@ -71,6 +71,9 @@ pub enum UpstreamFailure {
 }
 
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The most retries a request gets (the config refuses more).
+pub const MAX_RETRIES: u32 = 10;
 
 /// One `[upstream.NAME]`, built: its targets, their health, and the pooled client.
 pub struct Upstream {
@@ -323,16 +326,18 @@ impl Upstream {
 
     /// A healthy target not in `tried`, by the upstream's balance (`key`: the request's hash).
     fn pick(&self, tried: &[usize], key: Option<u64>) -> Option<usize> {
-        let candidate = |i: &usize| !tried.contains(i) && self.available(*i);
+        // Taken once: health can change while a request picks.
+        let candidates: Vec<usize> = (0..self.targets.len())
+            .filter(|i| !tried.contains(i) && self.available(*i))
+            .collect();
         if let Some(key) = key {
             // Rendezvous hashing: the candidate that scores highest for this key.
-            return (0..self.targets.len())
-                .filter(candidate)
+            return candidates
+                .into_iter()
                 .max_by_key(|i| crate::split::scramble(key ^ self.targets[*i].seed));
         }
-        let count = (0..self.targets.len()).filter(candidate).count();
-        let nth = |n: usize| (0..self.targets.len()).filter(candidate).nth(n);
-        match (count, self.balance) {
+        let nth = |n: usize| candidates.get(n).copied();
+        match (candidates.len(), self.balance) {
             (0, _) => None,
             (1, _) => nth(0),
             (n, Balance::RoundRobin | Balance::Hash) => {
@@ -457,13 +462,16 @@ impl UpstreamRoute {
         // Only a request that can be sent again may be retried.
         let replayable = is_idempotent(&parts.method) && body.is_end_stream();
         let attempts = 1 + if replayable {
-            upstream.retries.attempts
+            upstream.retries.attempts.min(MAX_RETRIES)
         } else {
             0
         };
         let mut body = Some(body);
         let mut tried = Vec::new();
         let mut last = UpstreamFailure::NoHealthyTarget;
+        // A target's answer that asked for a retry (a 503, say): the client gets it if no later
+        // try answers, rather than a 502 of the gateway's.
+        let mut answered = None;
         for attempt in 0..attempts {
             let Some(index) = upstream.pick(&tried, key) else {
                 break;
@@ -566,16 +574,9 @@ impl UpstreamRoute {
                             ResponseBody::default(),
                         ));
                     }
-                    let (mut response_parts, incoming) = response.into_parts();
-                    headers::prepare_response(&mut response_parts.headers, false);
-                    // The route's admission permit goes with the body, until it is sent or dropped.
-                    let body = incoming.map_err(move |error| {
-                        let _held = &permit;
-                        BoxError::from(error)
-                    });
-                    return Ok(Response::from_parts(response_parts, body.boxed_unsync()));
+                    return Ok(pass_on(response, permit));
                 }
-                Tried::Answered(_) => last = UpstreamFailure::Unreachable,
+                Tried::Answered(response) => answered = Some(response),
                 Tried::Failed(failure, _) => {
                     last = failure;
                     if !retry {
@@ -584,7 +585,10 @@ impl UpstreamRoute {
                 }
             }
         }
-        Err(Failure::Upstream(last))
+        match answered {
+            Some(response) => Ok(pass_on(response, permit)),
+            None => Err(Failure::Upstream(last)),
+        }
     }
 
     /// The path and query the target gets: the client's, without `strip_prefix`.
@@ -612,6 +616,21 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// A target's response on its way to the client: hop-by-hop headers removed, and the route's
+/// admission permit held by the body until it is sent or dropped.
+fn pass_on(
+    response: Response<hyper::body::Incoming>,
+    permit: crate::runtime::admission::Permit,
+) -> Response<ResponseBody> {
+    let (mut parts, incoming) = response.into_parts();
+    headers::prepare_response(&mut parts.headers, false);
+    let body = incoming.map_err(move |error| {
+        let _held = &permit;
+        BoxError::from(error)
+    });
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 /// Carries bytes both ways between a client and a target once both have switched protocols
