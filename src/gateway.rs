@@ -148,7 +148,7 @@ impl Gateway {
             && let Err(wait) = limit.admit(request.headers(), seen.client)
         {
             drop(active);
-            tokio::spawn(drain(request.into_body()));
+            refuse_body(request);
             let page = rate_limited_page(wait, &seen.request_id);
             return self.finish(&generation, &seen, &metrics.route, page);
         }
@@ -156,7 +156,7 @@ impl Gateway {
         // Body size, by its declared length.
         if content_length(request.headers()).is_some_and(|len| len > limits.max_request_body) {
             drop(active);
-            tokio::spawn(drain(request.into_body()));
+            refuse_body(request);
             let page = cut_page(BodyCut::TooLarge, &seen.request_id, http1);
             return self.finish(&generation, &seen, &metrics.route, page);
         }
@@ -483,6 +483,21 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Gets rid of the body of a request the gateway refused: read and discarded ([`drain`]),
+/// unless the client waits for `100 Continue` before sending it, which reading would send.
+fn refuse_body<B>(request: Request<B>)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+{
+    let waits = request
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits {
+        tokio::spawn(drain(request.into_body()));
+    }
 }
 
 /// Bytes and time a refused request body may take to be read and discarded.

@@ -133,7 +133,7 @@ fn decode_zstd(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn cors_answers_preflights_and_marks_responses_for_allowed_origins_only() {
     let gw = Gateway::start(&format!(
-        "{}[[route]]\npath = \"/...\"\nupstream = \"api\"\n\
+        "{}[[route]]\npath = \"/...\"\nupstream = \"api\"\nmethods = [\"GET\", \"PUT\"]\n\
          cors = {{ allow_origins = [\"https://app.example.com\"], allow_methods = [\"GET\", \"PUT\"], \
          allow_headers = [\"x-token\"], expose_headers = [\"x-powered-by\"], max_age = \"10m\" }}\n",
         upstream().await

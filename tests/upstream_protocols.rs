@@ -139,6 +139,31 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
 }
 
 #[tokio::test]
+async fn a_refused_request_that_expects_100_continue_is_refused_without_inviting_the_body() {
+    let upstream = echo_upstream().await;
+    let gw = Gateway::start(&format!(
+        "[upstream.api]\ntargets = [\"http://{upstream}\"]\n[[route]]\npath = \"/upload\"\nupstream = \"api\"\n"
+    ));
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // 1 GB declared: over max_request_body (16 MiB by default).
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: example\r\nContent-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_exact(&mut head),
+    )
+    .await
+    .expect("an answer within 10s")
+    .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
+}
+
+#[tokio::test]
 async fn trailers_from_an_http1_target_reach_an_http2_client() {
     let upstream = serve_http(|request: Request<Incoming>| async move {
         let asked = request.headers().get("te").cloned();

@@ -438,6 +438,16 @@ impl RouteConfig {
         self.component.is_some() || self.targets.iter().any(|t| t.component.is_some())
     }
 
+    /// The methods the router sends to the route: `methods`, plus `OPTIONS` when the route has
+    /// `cors`, whose layer answers the browser's preflight (a 405 would fail it).
+    pub fn routed_methods(&self) -> Option<Vec<String>> {
+        let mut methods = self.methods.clone()?;
+        if self.cors.is_some() && !methods.iter().any(|m| m.eq_ignore_ascii_case("OPTIONS")) {
+            methods.push("OPTIONS".into());
+        }
+        Some(methods)
+    }
+
     /// The component files the route serves from.
     pub fn component_files(&self) -> impl Iterator<Item = &std::path::Path> {
         self.component

@@ -254,7 +254,7 @@ fn load_routes(
         specs.push(RouteSpec {
             host: route.host.clone(),
             path: route.path.clone(),
-            methods: route.methods.clone(),
+            methods: route.routed_methods(),
             target: Arc::new(Route {
                 metrics,
                 private: route.private,
