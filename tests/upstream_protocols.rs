@@ -85,6 +85,84 @@ async fn a_websocket_is_tunnelled_both_ways() {
     );
 }
 
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_after_tunnel_idle_timeout() {
+    let server = websocket_echo().await;
+    let gw = Gateway::start(&format!(
+        "[upstream.chat]\ntargets = [\"http://{server}\"]\ntunnel_idle_timeout = \"300ms\"\n\
+         [[route]]\npath = \"/chat\"\nupstream = \"chat\"\n"
+    ));
+    let url = format!("ws://{}/chat", gw.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    // Traffic keeps it open past the timeout...
+    for i in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        socket.send(Message::text(format!("{i}"))).await.unwrap();
+        assert_eq!(
+            socket.next().await.unwrap().unwrap(),
+            Message::text(format!("echo: {i}"))
+        );
+    }
+    // ...silence ends it.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next())
+        .await
+        .expect("the gateway closes an idle tunnel");
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_reaches_an_https_target_that_offers_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::tls::Pki::new(dir.path(), "ws");
+    let (cert, key) = pki.server_cert("ws", &["ws.internal"], common::tls::CertOptions::default());
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(common::tls::load_certs(&cert), common::tls::load_key(&key))
+    .unwrap();
+    // A server that would take HTTP/2, where no WebSocket handshake can happen.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(text))) = socket.next().await {
+                    let _ = socket.send(Message::text(format!("tls: {text}"))).await;
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "[upstream.chat]\ntargets = [\"https://127.0.0.1:{}\"]\ntls = {{ ca = {}, server_name = \"ws.internal\" }}\n\
+         [[route]]\npath = \"/chat\"\nupstream = \"chat\"\n",
+        addr.port(),
+        toml_path(pki.ca_path()),
+    ));
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr).as_str())
+            .await
+            .expect("the handshake through the gateway to an h2-capable target");
+    socket.send(Message::text("hi")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("tls: hi")
+    );
+}
+
 /// An upstream that echoes the request body and says whether it saw `expect`.
 async fn echo_upstream() -> std::net::SocketAddr {
     serve_http(|request: Request<Incoming>| async move {

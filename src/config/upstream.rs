@@ -31,6 +31,13 @@ pub struct UpstreamConfig {
     /// The `Host` the target sees.
     #[serde(default)]
     pub host_header: HostHeader,
+    /// How long a WebSocket (or other protocol switch) may carry nothing either way before the
+    /// gateway closes it.
+    #[serde(
+        default = "default_tunnel_idle_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub tunnel_idle_timeout: Duration,
     /// Speak HTTP/2 to every target, without TLS to `http://` ones (prior knowledge, as gRPC
     /// services over cleartext expect); `https://` targets choose by ALPN without it.
     #[serde(default)]
@@ -196,6 +203,10 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
 fn default_eject_after() -> u32 {
     5
 }
@@ -221,9 +232,12 @@ impl UpstreamConfig {
         for target in &self.targets {
             target_uri(target).with_context(|| format!("{}: target `{target}`", what()))?;
         }
-        if self.connect_timeout.is_zero() || self.timeout.is_zero() {
+        if self.connect_timeout.is_zero()
+            || self.timeout.is_zero()
+            || self.tunnel_idle_timeout.is_zero()
+        {
             bail!(
-                "{}: connect_timeout and timeout must be longer than zero",
+                "{}: connect_timeout, timeout and tunnel_idle_timeout must be longer than zero",
                 what()
             );
         }

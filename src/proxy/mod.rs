@@ -34,6 +34,7 @@
 
 mod counted;
 pub mod headers;
+mod tunnel;
 
 use crate::body::{BoxError, ResponseBody};
 use crate::config::upstream::{
@@ -83,6 +84,10 @@ pub struct Upstream {
     ca_pem: Option<Vec<u8>>,
     targets: Vec<UpstreamTarget>,
     client: Client<HttpsConnector<counted::CountingConnector>, ProxyBody>,
+    /// HTTP/1.1 only: for requests that ask to switch protocols.
+    upgrade_client: Client<HttpsConnector<counted::CountingConnector>, ProxyBody>,
+    /// How long a tunnel may carry nothing either way before it is closed.
+    tunnel_idle_timeout: Duration,
     balance: Balance,
     /// What `Balance::Hash` hashes by.
     hash_key: HashKey,
@@ -168,28 +173,46 @@ impl Upstream {
             })
             .collect();
         let http = counted::CountingConnector::new(http, counts);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(client_tls)
-            .https_or_http();
-        let builder = match tls.and_then(|t| t.server_name.clone()) {
-            Some(server_name) => {
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                    rustls::pki_types::ServerName::try_from(server_name.clone())
-                        .with_context(|| format!("tls server_name `{server_name}`"))?,
-                ))
-            }
-            None => builder,
+        let server_name = match tls.and_then(|t| t.server_name.clone()) {
+            Some(server_name) => Some(
+                rustls::pki_types::ServerName::try_from(server_name.clone())
+                    .with_context(|| format!("tls server_name `{server_name}`"))?,
+            ),
+            None => None,
         };
-        let connector = builder.enable_all_versions().wrap_connector(http);
+        // Two connectors over the same TLS settings: one offering h2 and HTTP/1.1 by ALPN, one
+        // HTTP/1.1 only, for requests that ask to switch protocols (WebSocket), which HTTP/2
+        // cannot carry.
+        let connector = |http1_only: bool| {
+            let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(client_tls.clone())
+                .https_or_http();
+            let builder = match &server_name {
+                Some(name) => builder.with_server_name_resolver(
+                    hyper_rustls::FixedServerNameResolver::new(name.clone()),
+                ),
+                None => builder,
+            };
+            if http1_only {
+                builder.enable_http1().wrap_connector(http.clone())
+            } else {
+                builder.enable_all_versions().wrap_connector(http.clone())
+            }
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_only(config.h2c)
-            .build(connector);
+            .build(connector(false));
+        let upgrade_client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector(true));
         Ok(Upstream {
             name: name.into(),
             ca_pem,
             targets,
             client,
+            upgrade_client,
+            tunnel_idle_timeout: config.tunnel_idle_timeout,
             balance: config.balance,
             hash_key: match &config.hash_key {
                 Some(key) => HashKey::parse(key)?,
@@ -513,7 +536,11 @@ impl UpstreamRoute {
             let sent = {
                 // Counted for `least_request` until the headers are in, or the client is gone.
                 let _in_flight = InFlight::count(&target.in_flight);
-                tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await
+                let client = match client_side {
+                    Some(_) => &upstream.upgrade_client,
+                    None => &upstream.client,
+                };
+                tokio::time::timeout(upstream.timeout, client.request(outgoing)).await
             };
             let tried_now = match sent {
                 Err(_) => Tried::Failed(UpstreamFailure::TimedOut, Some(RetryOn::Timeout)),
@@ -566,6 +593,7 @@ impl UpstreamRoute {
                             client_side,
                             upstream_side,
                             permit,
+                            upstream.tunnel_idle_timeout,
                             upstream.name.clone(),
                             target.label.clone(),
                         ));
@@ -634,12 +662,13 @@ fn pass_on(
 }
 
 /// Carries bytes both ways between a client and a target once both have switched protocols
-/// (a WebSocket), until either side closes. The route's admission permit is held as long: a
-/// route's `max_concurrency` bounds its open tunnels too.
+/// (a WebSocket), until either side closes or nothing crosses for `idle_timeout`. The route's
+/// admission permit is held as long: a route's `max_concurrency` bounds its open tunnels too.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     target: hyper::upgrade::OnUpgrade,
     permit: crate::runtime::admission::Permit,
+    idle_timeout: Duration,
     upstream: Arc<str>,
     label: Arc<str>,
 ) {
@@ -650,14 +679,20 @@ async fn tunnel(
             return;
         }
     };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut target = hyper_util::rt::TokioIo::new(target);
-    match tokio::io::copy_bidirectional(&mut client, &mut target).await {
-        Ok((sent, received)) => {
-            tracing::debug!(upstream = %upstream, target = %label, sent, received, "tunnel closed");
-        }
-        Err(error) => {
-            tracing::debug!(upstream = %upstream, target = %label, error = %error, "tunnel ended with an error");
+    let activity = tunnel::Activity::default();
+    let mut client = activity.watch(hyper_util::rt::TokioIo::new(client));
+    let mut target = activity.watch(hyper_util::rt::TokioIo::new(target));
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut target) => match copied {
+            Ok((sent, received)) => {
+                tracing::debug!(upstream = %upstream, target = %label, sent, received, "tunnel closed");
+            }
+            Err(error) => {
+                tracing::debug!(upstream = %upstream, target = %label, error = %error, "tunnel ended with an error");
+            }
+        },
+        () = activity.idle_for(idle_timeout) => {
+            tracing::debug!(upstream = %upstream, target = %label, "tunnel closed: idle");
         }
     }
     drop(permit);
