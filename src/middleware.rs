@@ -182,11 +182,9 @@ impl RateLimit {
         let key = match &self.key {
             RateKey::Header(name) => match headers.get(name) {
                 Some(value) => RateKeyValue::Header(Bytes::copy_from_slice(value.as_bytes())),
-                None => RateKeyValue::Address(address.unwrap_or(IpAddr::from([0, 0, 0, 0]))),
+                None => RateKeyValue::Address(client_block(address)),
             },
-            RateKey::ClientIp => {
-                RateKeyValue::Address(address.unwrap_or(IpAddr::from([0, 0, 0, 0])))
-            }
+            RateKey::ClientIp => RateKeyValue::Address(client_block(address)),
         };
         self.limiter.check_key(&key).map_err(|not_until| {
             self.refused.inc();
@@ -200,7 +198,7 @@ impl RateLimit {
         self.limiter.shrink_to_fit();
     }
 
-    /// Forgets idle clients every minute while the limit is in use (on the current tokio
+    /// Forgets idle clients every 10 seconds while the limit is in use (on the current tokio
     /// runtime; none under `wasmgate check`).
     pub fn watch(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -208,7 +206,7 @@ impl RateLimit {
         };
         let limit = Arc::downgrade(self);
         runtime.spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(60));
+            let mut ticks = tokio::time::interval(Duration::from_secs(10));
             ticks.tick().await;
             loop {
                 ticks.tick().await;
@@ -221,7 +219,38 @@ impl RateLimit {
     }
 }
 
+/// The address a client counts as: an IPv4 address itself, an IPv6 address its /64 (one
+/// subscriber usually holds a whole /64, and could otherwise take a new address per request).
+fn client_block(address: Option<IpAddr>) -> IpAddr {
+    match address {
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+        Some(v4) => v4,
+        None => IpAddr::from([0, 0, 0, 0]),
+    }
+}
+
 /// Seconds for `Retry-After`: rounded up, at least 1.
 pub fn retry_after_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_block(Some(a)), client_block(Some(b)));
+        assert_ne!(client_block(Some(a)), client_block(Some(other)));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_block(Some(v4)), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_block(Some(mapped)), v4);
+    }
 }
