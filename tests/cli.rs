@@ -23,22 +23,33 @@ fn one_route(component: &str) -> String {
 }
 
 #[test]
-fn check_accepts_a_good_config_and_the_default_config() {
+fn check_accepts_a_good_config_and_every_example_config() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, text) = check_config(dir.path(), &one_route(&toml_path(&guest("hello"))));
     assert!(ok, "{text}");
     assert!(text.contains("OK, 1 routes, 1 components"), "{text}");
 
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wasmgate.toml");
-    let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-        .args(["check", default.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // Every example config the repository ships.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut configs: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 2, "{configs:?}");
+    for config in configs {
+        let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .args(["check", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 #[test]
