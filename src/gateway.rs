@@ -148,8 +148,14 @@ impl Gateway {
             && let Err(wait) = limit.admit(request.headers(), seen.client)
         {
             drop(active);
+            let close = http1 && waits_for_continue(&request);
             refuse_body(request);
-            let page = rate_limited_page(wait, &seen.request_id);
+            let mut page = rate_limited_page(wait, &seen.request_id);
+            if close {
+                // The body was not read: the connection cannot carry another request.
+                page.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return self.finish(&generation, &seen, &metrics.route, page);
         }
 
@@ -491,13 +497,22 @@ fn refuse_body<B>(request: Request<B>)
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
 {
-    let waits = request
-        .headers()
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if !waits {
+    if !waits_for_continue(&request) {
         tokio::spawn(drain(request.into_body()));
     }
+}
+
+/// Whether the client holds its body back until `100 Continue`, as hyper judges it: HTTP/1.1,
+/// the last `Expect` is `100-continue`, and there is a body.
+fn waits_for_continue<B: http_body::Body>(request: &Request<B>) -> bool {
+    request.version() == http::Version::HTTP_11
+        && request
+            .headers()
+            .get_all(http::header::EXPECT)
+            .iter()
+            .next_back()
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && !request.body().is_end_stream()
 }
 
 /// Bytes and time a refused request body may take to be read and discarded.

@@ -1,12 +1,14 @@
 //! Traffic splitting: a route whose requests are shared by weight between several backends
 //! (component versions, or a component and an upstream), optionally sticky.
 //!
-//! Each request maps to a point in `0..total weight`; the backend whose cumulative range holds
-//! the point serves it. Without stickiness the point comes from a counter scrambled by
-//! splitmix64, so shares converge on the weights quickly and no lock is taken. With stickiness
-//! the point is a hash of the client's cookie or header value: the same value always lands on
-//! the same backend, and raising one backend's weight only moves clients towards it (the
-//! ranges' boundaries move, nothing else does), which is what a canary ramp wants. A sticky
+//! Without stickiness, each request maps to a point in `0..total weight` taken from a counter
+//! scrambled by splitmix64, and the backend whose cumulative range holds the point serves it:
+//! shares converge on the weights quickly and no lock is taken. With stickiness, the backend is
+//! chosen by weighted rendezvous hashing of the client's cookie or header value: every backend
+//! scores `weight / -ln(u)`, `u` a hash of the value and the backend's name, and the highest
+//! score wins. The same value always lands on the same backend, in every process; changing one
+//! backend's weight moves clients only to or from that backend (none move between the others),
+//! and the order of the targets does not matter, which is what a canary ramp wants. A sticky
 //! cookie the client does not have yet is made up (a random value) and set on the response.
 
 use crate::config::split::StickyKey;
@@ -24,13 +26,25 @@ pub struct Split {
     next: AtomicU64,
 }
 
-/// A backend, the end of its range of points, and its request counter.
+/// A backend, its weight and the end of its range of points, and its request counter.
 pub struct Weighted {
     pub backend: Backend,
+    weight: u32,
     /// The points below this (and at or above the previous backend's `upto`) are this one's.
     upto: u64,
+    /// The backend's own seed for rendezvous hashing (a hash of its name).
+    seed: u64,
     /// `wasmgate_split_requests_total{route, target}`.
     requests: prometheus::IntCounter,
+}
+
+/// One backend of a split, as the loader hands it over.
+pub struct SplitBackend {
+    pub backend: Backend,
+    pub weight: u32,
+    /// The target's name (its `target` label): what sticky clients are hashed with.
+    pub name: String,
+    pub requests: prometheus::IntCounter,
 }
 
 /// What the split chose for one request.
@@ -43,19 +57,18 @@ pub struct Choice<'a> {
 impl Split {
     /// A split over `backends`, each with its weight and request counter (weights add up to
     /// more than zero: the config checks it).
-    pub fn new(
-        backends: Vec<(Backend, u32, prometheus::IntCounter)>,
-        sticky: Option<StickyKey>,
-    ) -> Split {
+    pub fn new(backends: Vec<SplitBackend>, sticky: Option<StickyKey>) -> Split {
         let mut upto = 0;
         let backends = backends
             .into_iter()
-            .map(|(backend, weight, requests)| {
-                upto += u64::from(weight);
+            .map(|split| {
+                upto += u64::from(split.weight);
                 Weighted {
-                    backend,
+                    backend: split.backend,
+                    weight: split.weight,
                     upto,
-                    requests,
+                    seed: stable_hash(split.name.as_bytes()),
+                    requests: split.requests,
                 }
             })
             .collect();
@@ -75,31 +88,39 @@ impl Split {
     /// Picks the backend for a request with `headers` (`None` only for a split without
     /// backends, which the config refuses).
     pub fn choose(&self, headers: &HeaderMap) -> Option<Choice<'_>> {
-        let (point, set_cookie) = match &self.sticky {
-            None => (self.spread(), None),
-            Some(StickyKey::Header(name)) => match headers.get(name) {
-                Some(value) => (self.hashed(value.as_bytes()), None),
-                None => (self.spread(), None),
-            },
+        let (sticky_value, set_cookie) = match &self.sticky {
+            None => (None, None),
+            Some(StickyKey::Header(name)) => {
+                (headers.get(name).map(|v| v.as_bytes().to_vec()), None)
+            }
             Some(StickyKey::Cookie { name, max_age }) => match cookie(headers, name) {
-                Some(value) => (self.hashed(value.as_bytes()), None),
+                Some(value) => (Some(value.as_bytes().to_vec()), None),
                 None => {
                     let value = uuid::Uuid::new_v4().simple().to_string();
-                    let point = self.hashed(value.as_bytes());
                     let mut text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
                     if let Some(max_age) = max_age {
                         text.push_str(&format!("; Max-Age={}", max_age.as_secs()));
                     }
-                    (point, HeaderValue::try_from(text).ok())
+                    (Some(value.into_bytes()), HeaderValue::try_from(text).ok())
                 }
             },
         };
-        // `point < total`, and the last backend's `upto` is `total`: one always matches.
-        let chosen = self
-            .backends
-            .iter()
-            .find(|w| point < w.upto)
-            .or(self.backends.last())?;
+        let chosen = match sticky_value {
+            Some(value) => {
+                let key = stable_hash(&value);
+                let weights: Vec<(u32, u64)> =
+                    self.backends.iter().map(|w| (w.weight, w.seed)).collect();
+                rendezvous(key, &weights).and_then(|i| self.backends.get(i))
+            }
+            None => {
+                let point = self.spread();
+                // `point < total`, and the last backend's `upto` is `total`: one matches.
+                self.backends
+                    .iter()
+                    .find(|w| point < w.upto)
+                    .or(self.backends.last())
+            }
+        }?;
         chosen.requests.inc();
         Some(Choice {
             backend: &chosen.backend,
@@ -110,23 +131,26 @@ impl Split {
     /// The next point of the spread: a counter, scrambled (splitmix64) so consecutive requests
     /// land far apart and every window of requests is shared close to the weights.
     fn spread(&self) -> u64 {
-        point(
-            scramble(self.next.fetch_add(1, Ordering::Relaxed)),
-            self.total,
-        )
-    }
-
-    /// A sticky value's point: the same in every process and every version of the gateway.
-    fn hashed(&self, value: &[u8]) -> u64 {
-        point(stable_hash(value), self.total)
+        let hash = scramble(self.next.fetch_add(1, Ordering::Relaxed));
+        ((u128::from(hash) * u128::from(self.total)) >> 64) as u64
     }
 }
 
-/// Where `hash` falls in `0..total`: the same fraction of the range as `hash` is of all u64
-/// (not `hash % total`, which reshuffles every client whenever the total changes). Raising one
-/// weight then only moves the boundaries next to its range, by its share.
-fn point(hash: u64, total: u64) -> u64 {
-    ((u128::from(hash) * u128::from(total)) >> 64) as u64
+/// Weighted rendezvous hashing: the index of the `(weight, seed)` that scores highest for
+/// `key` (`weight / -ln(u)`, `u` uniform in (0, 1) from the key and the seed); weight 0 never
+/// wins. Each entry wins with probability weight / sum of weights.
+fn rendezvous(key: u64, weights: &[(u32, u64)]) -> Option<usize> {
+    weights
+        .iter()
+        .enumerate()
+        .filter(|(_, (weight, _))| *weight > 0)
+        .map(|(i, (weight, seed))| {
+            // 53 random bits, centred in their interval: never 0, never 1.
+            let u = ((scramble(key ^ seed) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            (i, f64::from(*weight) / -u.ln())
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
 }
 
 /// A hash of `value` that every gateway process and version agrees on (SHA-256's first 8
@@ -164,23 +188,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_ramp_moves_clients_only_towards_the_raised_target() {
-        // 10/90, then 20/90: the first target's range grows from 10 of 100 to 20 of 110.
-        let (mut stayed, mut moved) = (0, 0);
-        for client in 0..10_000u64 {
-            let hash = stable_hash(&client.to_be_bytes());
-            let before = point(hash, 100) < 10;
-            let after = point(hash, 110) < 20;
-            assert!(!before || after, "client {client} left the raised target");
-            if before {
-                stayed += 1;
-            } else if after {
-                moved += 1;
-            }
+    fn a_ramp_moves_clients_only_to_the_raised_target() {
+        // A 10 / B 45 / C 45, then A 20: clients move only to A, none between B and C.
+        let before = [(10, 1), (45, 2), (45, 3)];
+        let after = [(20, 1), (45, 2), (45, 3)];
+        let mut counts = [[0u32; 3]; 2];
+        for client in 0..20_000u64 {
+            let key = stable_hash(&client.to_be_bytes());
+            let (b, a) = (
+                rendezvous(key, &before).unwrap(),
+                rendezvous(key, &after).unwrap(),
+            );
+            assert!(b == a || a == 0, "client {client} moved from {b} to {a}");
+            counts[0][b] += 1;
+            counts[1][a] += 1;
         }
-        // About 10% were on it, and about 8% more (20/110 - 10/100) joined.
-        assert!((900..1100).contains(&stayed), "{stayed}");
-        assert!((650..1000).contains(&moved), "{moved}");
+        // Shares follow the weights: 10% then 20 / 110 = 18.2% for A.
+        let share = |n: u32| f64::from(n) / 20_000.0;
+        assert!((share(counts[0][0]) - 0.10).abs() < 0.01, "{counts:?}");
+        assert!(
+            (share(counts[1][0]) - 20.0 / 110.0).abs() < 0.01,
+            "{counts:?}"
+        );
+        assert!((share(counts[0][1]) - 0.45).abs() < 0.015, "{counts:?}");
+        // Weight 0 never wins.
+        assert_eq!(rendezvous(7, &[(0, 1), (1, 2)]), Some(1));
+        assert_eq!(rendezvous(7, &[(0, 1)]), None);
     }
 
     #[test]

@@ -304,3 +304,16 @@ fn the_config_refuses_middleware_that_cannot_work() {
         assert!(output.contains(expected), "{config}\n---\n{output}");
     }
 }
+
+#[test]
+fn routes_sharing_a_path_with_cors_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = toml_path(&guest("hello"));
+    let cors = "cors = { allow_origins = [\"https://app.example.com\"] }";
+    let config = format!(
+        "[[route]]\npath = \"/x\"\nmethods = [\"GET\"]\ncomponent = {hello}\n{cors}\n\
+         [[route]]\npath = \"/x\"\nmethods = [\"POST\", \"OPTIONS\"]\ncomponent = {hello}\n{cors}\n"
+    );
+    let (ok, output) = check_config(dir.path(), &config);
+    assert!(ok, "{output}");
+}

@@ -89,7 +89,7 @@ async fn a_websocket_is_tunnelled_both_ways() {
 async fn an_idle_tunnel_is_closed_after_tunnel_idle_timeout() {
     let server = websocket_echo().await;
     let gw = Gateway::start(&format!(
-        "[upstream.chat]\ntargets = [\"http://{server}\"]\ntunnel_idle_timeout = \"300ms\"\n\
+        "[upstream.chat]\ntargets = [\"http://{server}\"]\ntunnel_idle_timeout = \"1s\"\n\
          [[route]]\npath = \"/chat\"\nupstream = \"chat\"\n"
     ));
     let url = format!("ws://{}/chat", gw.addr);
@@ -97,8 +97,8 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle_timeout() {
         .await
         .unwrap();
     // Traffic keeps it open past the timeout...
-    for i in 0..5 {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    for i in 0..12 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         socket.send(Message::text(format!("{i}"))).await.unwrap();
         assert_eq!(
             socket.next().await.unwrap().unwrap(),
@@ -239,6 +239,24 @@ async fn a_refused_request_that_expects_100_continue_is_refused_without_inviting
     .expect("an answer within 10s")
     .unwrap();
     assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
+    // The rest of the answer, then the end of the connection at once: the gateway does not
+    // wait for a body that the client holds back until it hears `100 Continue`.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the connection stayed open: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        String::from_utf8_lossy(&rest)
+            .to_lowercase()
+            .contains("connection: close")
+    );
 }
 
 #[tokio::test]
@@ -278,6 +296,17 @@ async fn trailers_from_an_http1_target_reach_an_http2_client() {
     let trailers = collected.trailers().cloned().expect("trailers");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
+
+    // An HTTP/1.1 client names `te` in `Connection`, as it must: `te: trailers` still crosses.
+    let request = Request::post(gw.url("/svc/Method"))
+        .header("te", "trailers")
+        .header("connection", "te")
+        .body(body("request"))
+        .unwrap();
+    let response = send(&http1(), request).await;
+    assert_eq!(response.headers()["x-te"], "trailers");
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
 }
 
 #[tokio::test]

@@ -439,10 +439,15 @@ impl RouteConfig {
     }
 
     /// The methods the router sends to the route: `methods`, plus `OPTIONS` when the route has
-    /// `cors`, whose layer answers the browser's preflight (a 405 would fail it).
-    pub fn routed_methods(&self) -> Option<Vec<String>> {
+    /// `cors`, whose layer answers the browser's preflight (a 405 would fail it), unless another
+    /// route has the same host and path (`alone` false): which of them takes `OPTIONS` is then
+    /// the config's to say.
+    pub fn routed_methods(&self, alone: bool) -> Option<Vec<String>> {
         let mut methods = self.methods.clone()?;
-        if self.cors.is_some() && !methods.iter().any(|m| m.eq_ignore_ascii_case("OPTIONS")) {
+        if alone
+            && self.cors.is_some()
+            && !methods.iter().any(|m| m.eq_ignore_ascii_case("OPTIONS"))
+        {
             methods.push("OPTIONS".into());
         }
         Some(methods)

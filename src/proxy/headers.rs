@@ -14,7 +14,8 @@ const HOP_BY_HOP: [&str; 5] = [
 ];
 
 /// Removes the headers `Connection` names (they were for the hop that ends here), but for
-/// `upgrade`, which the request stages still read. The gateway does this to a client's request
+/// `upgrade` and `te`, which the request stages still read (a client that sends `te: trailers`
+/// must name `te` in `Connection`). The gateway does this to a client's request
 /// as it arrives, before it adds headers of its own (`x-forwarded-for`, `x-request-id`, a
 /// route's `request_set`), so a client cannot name those to have them dropped.
 pub fn remove_connection_named(headers: &mut HeaderMap) {
@@ -24,7 +25,7 @@ pub fn remove_connection_named(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| *name != UPGRADE)
+        .filter(|name| *name != UPGRADE && *name != TE)
         .collect();
     for name in named {
         headers.remove(name);

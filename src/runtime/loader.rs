@@ -25,7 +25,7 @@ use crate::runtime::component::{self, Origin};
 use crate::runtime::engine::{Allocator, EpochTicker, InstanceSlots, build_engine};
 use crate::runtime::instance::{ComponentRoute, HostState, RouteSettings, linker};
 use crate::runtime::linking;
-use crate::split::Split;
+use crate::split::{Split, SplitBackend};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -224,8 +224,14 @@ fn load_routes(
                 let mut backends = Vec::with_capacity(route.targets.len());
                 for target in &route.targets {
                     let built = backend(target.kind().with_context(|| name.clone())?)?;
-                    let requests = process.metrics.split_requests(&label, &target.label());
-                    backends.push((built, target.weight, requests));
+                    let name = target.label();
+                    let requests = process.metrics.split_requests(&label, &name);
+                    backends.push(SplitBackend {
+                        backend: built,
+                        weight: target.weight,
+                        name,
+                        requests,
+                    });
                 }
                 let sticky = route
                     .sticky
@@ -254,7 +260,14 @@ fn load_routes(
         specs.push(RouteSpec {
             host: route.host.clone(),
             path: route.path.clone(),
-            methods: route.routed_methods(),
+            methods: route.routed_methods(
+                config
+                    .routes
+                    .iter()
+                    .filter(|r| r.host == route.host && r.path == route.path)
+                    .count()
+                    == 1,
+            ),
             target: Arc::new(Route {
                 metrics,
                 private: route.private,
