@@ -163,12 +163,17 @@ async fn a_websocket_reaches_an_https_target_that_offers_http2() {
     );
 }
 
-/// An upstream that echoes the request body and says whether it saw `expect`.
+/// An upstream that reads the whole request body, then answers with it and says whether it saw
+/// `expect` (answering before the body arrives would let the gateway answer the client before
+/// it sends `100 Continue`, which hyper then no longer sends).
 async fn echo_upstream() -> std::net::SocketAddr {
     serve_http(|request: Request<Incoming>| async move {
         let saw_expect = request.headers().contains_key("expect");
-        let body = request.into_body().map_err(std::io::Error::other).boxed();
-        let mut response = Response::new(body);
+        let body = match request.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let mut response = Response::new(server_text(body));
         response
             .headers_mut()
             .insert("x-saw-expect", saw_expect.to_string().parse().unwrap());
