@@ -56,9 +56,10 @@ async fn instances_share_kept_alive_connections() {
         let (status, body) = fetch(&gw, &format!("http://{addr}/ping")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "pong"));
     }
-    // Thirty instances, one after another: one connection (two if an idle one raced a close).
+    // Thirty instances, one after another: a connection each without the pool; with it, one,
+    // and another now and then when a connection is still on its way back to the pool.
     let made = connections.load(Ordering::Relaxed);
-    assert!(made <= 2, "{made} connections for 30 requests");
+    assert!(made <= 6, "{made} connections for 30 requests");
 }
 
 #[tokio::test]
