@@ -56,6 +56,7 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     upstream_healthy: IntGaugeVec,
     upstream_connections: IntGaugeVec,
+    upstream_tunnels: IntGaugeVec,
     upstream_connections_opened: IntCounterVec,
     split_requests: IntCounterVec,
     rate_limited: IntCounterVec,
@@ -190,6 +191,11 @@ impl Metrics {
                 "Connections open to an upstream target (in use or idle in the pool).",
                 &["upstream", "target"],
             ),
+            upstream_tunnels: gauge(
+                "wasmgate_upstream_tunnels",
+                "Protocol switches (WebSockets) open through an upstream.",
+                &["upstream"],
+            ),
             upstream_connections_opened: counter(
                 "wasmgate_upstream_connections_opened_total",
                 "Connections made to an upstream target; against its requests, how well keep-alive works.",
@@ -304,6 +310,11 @@ impl Metrics {
     pub fn upstream_connections_open(&self, upstream: &str, target: &str) -> IntGauge {
         self.upstream_connections
             .with_label_values(&[upstream, target])
+    }
+
+    /// The open-tunnels gauge of one upstream.
+    pub fn upstream_tunnels(&self, upstream: &str) -> IntGauge {
+        self.upstream_tunnels.with_label_values(&[upstream])
     }
 
     /// The connections-opened counter of one upstream target.

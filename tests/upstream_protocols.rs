@@ -70,9 +70,33 @@ async fn a_websocket_is_tunnelled_both_ways() {
         Message::Binary(bytes) => assert_eq!(bytes.as_ref(), big.as_slice()),
         other => panic!("{other:?}"),
     }
+    // While it is open, the tunnel is counted.
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "wasmgate_upstream_tunnels",
+            &[("upstream", "chat")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     socket.close(None).await.unwrap();
+    // Closed: the tunnel ends and is no longer counted.
+    let started = std::time::Instant::now();
+    while metric_value(
+        &gw.metrics().await,
+        "wasmgate_upstream_tunnels",
+        &[("upstream", "chat")],
+    ) != Some(0.0)
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the tunnel stayed open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
-    // Other requests on the route are still plain HTTP.
     let metrics = gw.metrics().await;
     assert_eq!(
         metric_value(

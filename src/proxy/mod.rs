@@ -594,6 +594,7 @@ impl UpstreamRoute {
                             upstream_side,
                             permit,
                             upstream.tunnel_idle_timeout,
+                            upstream.metrics.upstream_tunnels(&upstream.name),
                             upstream.name.clone(),
                             target.label.clone(),
                         ));
@@ -669,6 +670,7 @@ async fn tunnel(
     target: hyper::upgrade::OnUpgrade,
     permit: crate::runtime::admission::Permit,
     idle_timeout: Duration,
+    open: prometheus::IntGauge,
     upstream: Arc<str>,
     label: Arc<str>,
 ) {
@@ -679,6 +681,7 @@ async fn tunnel(
             return;
         }
     };
+    let _open = crate::metrics::GaugeGuard::inc(&open);
     let activity = tunnel::Activity::default();
     let mut client = activity.watch(hyper_util::rt::TokioIo::new(client));
     let mut target = activity.watch(hyper_util::rt::TokioIo::new(target));
