@@ -82,7 +82,8 @@ async fn a_websocket_is_tunnelled_both_ways() {
         "{metrics}"
     );
     socket.close(None).await.unwrap();
-    // Closed: the tunnel ends and is no longer counted.
+    drop(socket);
+    // Closed on both sides: the tunnel ends and is no longer counted.
     let started = std::time::Instant::now();
     while metric_value(
         &gw.metrics().await,
