@@ -680,3 +680,61 @@ async fn a_retried_answer_reaches_the_client_when_no_other_try_answers() {
         );
     }
 }
+
+/// A line of `/proc/PID/status`, in KiB (`VmRSS`, `VmHWM`).
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_body_far_larger_than_memory_streams_both_ways_in_bounded_memory() {
+    let server = test_server("a").await;
+    let gw = Gateway::start_with(
+        &format!(
+            "{}{}",
+            upstream("api", &[format!("http://{}", server.addr)], ""),
+            upstream_route("/...", "api", "")
+        ),
+        Sections {
+            server: "max_request_body = \"1GiB\"".into(),
+            ..Sections::default()
+        },
+    );
+    // Warm up (pools, buffers), then note the peak so far.
+    let (status, _, _) = get(&http1(), &gw.url("/warm")).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = memory_kib(gw.pid(), "VmHWM");
+
+    // 256 MiB up and back down, made and checked in chunks: nobody holds it whole.
+    const CHUNK: usize = 64 << 10;
+    const CHUNKS: usize = 4096;
+    let chunk = Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let sent = chunk.clone();
+    let frames = futures::stream::iter(
+        (0..CHUNKS).map(move |_| Ok::<_, BoxError>(Frame::data(sent.clone()))),
+    );
+    let request = Request::post(gw.url("/echo"))
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap();
+    let response = send(&http1(), request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            received += data.len();
+        }
+    }
+    assert_eq!(received, CHUNK * CHUNKS);
+
+    let grown_mib = (memory_kib(gw.pid(), "VmHWM").saturating_sub(before)) / 1024;
+    assert!(
+        grown_mib < 64,
+        "the gateway's peak memory grew {grown_mib} MiB carrying 256 MiB"
+    );
+}
