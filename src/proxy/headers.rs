@@ -103,15 +103,13 @@ pub fn prepare_response(headers: &mut HeaderMap, switching: bool) {
 }
 
 fn add_via(headers: &mut HeaderMap, version: Version) {
-    let protocol = match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
+    let via = match version {
+        Version::HTTP_10 => "1.0 wasmgate",
+        Version::HTTP_2 => "2 wasmgate",
+        Version::HTTP_3 => "3 wasmgate",
+        _ => "1.1 wasmgate",
     };
-    if let Ok(value) = HeaderValue::from_str(&format!("{protocol} wasmgate")) {
-        headers.append(VIA, value);
-    }
+    headers.append(VIA, HeaderValue::from_static(via));
 }
 
 #[cfg(test)]

@@ -471,17 +471,12 @@ impl UpstreamRoute {
         let (mut parts, body) = request.into_parts();
         let path_and_query = self.rewrite_path(&parts.uri);
         headers::prepare_request(&mut parts.headers, parts.version, upgrade.as_ref());
-        let client_host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
+        let client_host = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => parts.headers.get(http::header::HOST).cloned(),
+        };
+        let target_host =
+            |target: &UpstreamTarget| HeaderValue::from_str(target.authority.as_str()).ok();
         // Only a request that can be sent again may be retried.
         let replayable = is_idempotent(&parts.method) && body.is_end_stream();
         let attempts = 1 + if replayable {
@@ -525,10 +520,10 @@ impl UpstreamRoute {
                 Err(_) => return Err(Failure::BadRequest("the path cannot be forwarded".into())),
             };
             let host = match upstream.host_header {
-                HostHeader::Target => Some(target.authority.as_str().to_string()),
+                HostHeader::Target => target_host(target),
                 HostHeader::Client => client_host.clone(),
             };
-            if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+            if let Some(host) = host {
                 outgoing.headers_mut().insert(http::header::HOST, host);
             }
 
@@ -622,6 +617,12 @@ impl UpstreamRoute {
 
     /// The path and query the target gets: the client's, without `strip_prefix`.
     fn rewrite_path(&self, uri: &Uri) -> PathAndQuery {
+        if self.strip_prefix.is_none()
+            && let Some(path_and_query) = uri.path_and_query()
+        {
+            // As the client sent it (a cheap clone of shared bytes).
+            return path_and_query.clone();
+        }
         let path = uri.path();
         let path = match &self.strip_prefix {
             Some(prefix) => match path.strip_prefix(prefix.as_str()) {
