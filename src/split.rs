@@ -88,30 +88,30 @@ impl Split {
     /// Picks the backend for a request with `headers` (`None` only for a split without
     /// backends, which the config refuses).
     pub fn choose(&self, headers: &HeaderMap) -> Option<Choice<'_>> {
-        let (sticky_value, set_cookie) = match &self.sticky {
+        // The sticky key's hash, if the request has one (a new cookie's, if it gets one).
+        let (key, set_cookie) = match &self.sticky {
             None => (None, None),
             Some(StickyKey::Header(name)) => {
-                (headers.get(name).map(|v| v.as_bytes().to_vec()), None)
+                (headers.get(name).map(|v| stable_hash(v.as_bytes())), None)
             }
             Some(StickyKey::Cookie { name, max_age }) => match cookie(headers, name) {
-                Some(value) => (Some(value.as_bytes().to_vec()), None),
+                Some(value) => (Some(stable_hash(value.as_bytes())), None),
                 None => {
                     let value = uuid::Uuid::new_v4().simple().to_string();
                     let mut text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
                     if let Some(max_age) = max_age {
                         text.push_str(&format!("; Max-Age={}", max_age.as_secs()));
                     }
-                    (Some(value.into_bytes()), HeaderValue::try_from(text).ok())
+                    (
+                        Some(stable_hash(value.as_bytes())),
+                        HeaderValue::try_from(text).ok(),
+                    )
                 }
             },
         };
-        let chosen = match sticky_value {
-            Some(value) => {
-                let key = stable_hash(&value);
-                let weights: Vec<(u32, u64)> =
-                    self.backends.iter().map(|w| (w.weight, w.seed)).collect();
-                rendezvous(key, &weights).and_then(|i| self.backends.get(i))
-            }
+        let chosen = match key {
+            Some(key) => rendezvous(key, self.backends.iter().map(|w| (w.weight, w.seed)))
+                .and_then(|i| self.backends.get(i)),
             None => {
                 let point = self.spread();
                 // `point < total`, and the last backend's `upto` is `total`: one matches.
@@ -139,15 +139,14 @@ impl Split {
 /// Weighted rendezvous hashing: the index of the `(weight, seed)` that scores highest for
 /// `key` (`weight / -ln(u)`, `u` uniform in (0, 1) from the key and the seed); weight 0 never
 /// wins. Each entry wins with probability weight / sum of weights.
-fn rendezvous(key: u64, weights: &[(u32, u64)]) -> Option<usize> {
+fn rendezvous(key: u64, weights: impl Iterator<Item = (u32, u64)>) -> Option<usize> {
     weights
-        .iter()
         .enumerate()
         .filter(|(_, (weight, _))| *weight > 0)
         .map(|(i, (weight, seed))| {
             // 53 random bits, centred in their interval: never 0, never 1.
             let u = ((scramble(key ^ seed) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            (i, f64::from(*weight) / -u.ln())
+            (i, f64::from(weight) / -u.ln())
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| i)
@@ -196,8 +195,8 @@ mod tests {
         for client in 0..20_000u64 {
             let key = stable_hash(&client.to_be_bytes());
             let (b, a) = (
-                rendezvous(key, &before).unwrap(),
-                rendezvous(key, &after).unwrap(),
+                rendezvous(key, before.into_iter()).unwrap(),
+                rendezvous(key, after.into_iter()).unwrap(),
             );
             assert!(b == a || a == 0, "client {client} moved from {b} to {a}");
             counts[0][b] += 1;
@@ -212,8 +211,8 @@ mod tests {
         );
         assert!((share(counts[0][1]) - 0.45).abs() < 0.015, "{counts:?}");
         // Weight 0 never wins.
-        assert_eq!(rendezvous(7, &[(0, 1), (1, 2)]), Some(1));
-        assert_eq!(rendezvous(7, &[(0, 1)]), None);
+        assert_eq!(rendezvous(7, [(0, 1), (1, 2)].into_iter()), Some(1));
+        assert_eq!(rendezvous(7, [(0, 1)].into_iter()), None);
     }
 
     #[test]

@@ -738,3 +738,34 @@ async fn a_body_far_larger_than_memory_streams_both_ways_in_bounded_memory() {
         "the gateway's peak memory grew {grown_mib} MiB carrying 256 MiB"
     );
 }
+
+#[tokio::test]
+async fn host_header_target_sends_the_targets_own_host() {
+    let server = test_server("a").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        upstream(
+            "api",
+            &[format!("http://{}", server.addr)],
+            "host_header = \"target\"\n"
+        ),
+        upstream_route("/...", "api", "")
+    ));
+    let request = Request::get(gw.url("/who"))
+        .header("host", "shop.example")
+        .body(empty())
+        .unwrap();
+    let (status, _, text) = read(send(&http1(), request).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        line(&text, "host"),
+        Some(server.addr.to_string().as_str()),
+        "{text}"
+    );
+    // The client's host still reaches the target, as x-forwarded-host.
+    assert_eq!(
+        line(&text, "x-forwarded-host"),
+        Some("shop.example"),
+        "{text}"
+    );
+}

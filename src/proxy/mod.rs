@@ -108,6 +108,8 @@ struct UpstreamTarget {
     label: Arc<str>,
     /// The target's own seed for rendezvous hashing (a hash of its label).
     seed: u64,
+    /// Its `host:port` as a `Host` header (`host_header = "target"`).
+    host: Option<HeaderValue>,
     in_flight: AtomicUsize,
     failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
@@ -142,6 +144,7 @@ impl Upstream {
             healthy.set(1);
             targets.push(UpstreamTarget {
                 scheme,
+                host: HeaderValue::from_str(authority.as_str()).ok(),
                 authority,
                 seed: crate::split::stable_hash(label.as_bytes()),
                 label,
@@ -475,8 +478,6 @@ impl UpstreamRoute {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
             None => parts.headers.get(http::header::HOST).cloned(),
         };
-        let target_host =
-            |target: &UpstreamTarget| HeaderValue::from_str(target.authority.as_str()).ok();
         // Only a request that can be sent again may be retried.
         let replayable = is_idempotent(&parts.method) && body.is_end_stream();
         let attempts = 1 + if replayable {
@@ -520,7 +521,7 @@ impl UpstreamRoute {
                 Err(_) => return Err(Failure::BadRequest("the path cannot be forwarded".into())),
             };
             let host = match upstream.host_header {
-                HostHeader::Target => target_host(target),
+                HostHeader::Target => target.host.clone(),
                 HostHeader::Client => client_host.clone(),
             };
             if let Some(host) = host {
