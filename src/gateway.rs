@@ -148,22 +148,17 @@ impl Gateway {
             && let Err(wait) = limit.admit(request.headers(), seen.client)
         {
             drop(active);
-            let close = http1 && waits_for_continue(&request);
-            refuse_body(request);
-            let mut page = rate_limited_page(wait, &seen.request_id);
-            if close {
-                // The body was not read: the connection cannot carry another request.
-                page.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
+            let page = refuse(request, rate_limited_page(wait, &seen.request_id));
             return self.finish(&generation, &seen, &metrics.route, page);
         }
 
         // Body size, by its declared length.
         if content_length(request.headers()).is_some_and(|len| len > limits.max_request_body) {
             drop(active);
-            refuse_body(request);
-            let page = cut_page(BodyCut::TooLarge, &seen.request_id, http1);
+            let page = refuse(
+                request,
+                cut_page(BodyCut::TooLarge, &seen.request_id, http1),
+            );
             return self.finish(&generation, &seen, &metrics.route, page);
         }
 
@@ -491,15 +486,22 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Gets rid of the body of a request the gateway refused: read and discarded ([`drain`]),
-/// unless the client waits for `100 Continue` before sending it, which reading would send.
-fn refuse_body<B>(request: Request<B>)
+/// Answers a request the gateway refused with `page`, and gets rid of its body: read and
+/// discarded ([`drain`]), unless the client waits for `100 Continue` before sending it, which
+/// reading would send; then the body stays unread, and the (HTTP/1.1) connection, which cannot
+/// carry another request, is closed after `page`.
+fn refuse<B>(request: Request<B>, mut page: Response<ResponseBody>) -> Response<ResponseBody>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
 {
     if !waits_for_continue(&request) {
         tokio::spawn(drain(request.into_body()));
+    } else {
+        // Only HTTP/1.1 waits for `100 Continue`.
+        page.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
+    page
 }
 
 /// Whether the client holds its body back until `100 Continue`, as hyper judges it: HTTP/1.1,

@@ -207,28 +207,39 @@ async fn echo_upstream() -> std::net::SocketAddr {
     .await
 }
 
-#[tokio::test]
-async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+/// A gateway whose `/upload` forwards to [`echo_upstream`], and a raw connection to it on which
+/// a POST's head has been sent, declaring `length` bytes of body and `Expect: 100-continue`.
+async fn upload_waiting_for_continue(length: u64) -> (Gateway, tokio::net::TcpStream) {
     let upstream = echo_upstream().await;
     let gw = Gateway::start(&format!(
         "[upstream.api]\ntargets = [\"http://{upstream}\"]\n[[route]]\npath = \"/upload\"\nupstream = \"api\"\n"
     ));
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /upload HTTP/1.1\r\nHost: example\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    // Nothing of the body is sent until the gateway says to go on.
-    let mut interim = vec![0u8; 25];
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: example\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    (gw, stream)
+}
+
+/// The next `n` bytes the gateway sends, within 10 s.
+async fn read_exactly(stream: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n];
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        stream.read_exact(&mut interim),
+        stream.read_exact(&mut bytes),
     )
     .await
-    .expect("100 Continue within 10s")
+    .expect("an answer within 10s")
     .unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let (_gw, mut stream) = upload_waiting_for_continue(11).await;
+    // Nothing of the body is sent until the gateway says to go on.
+    let interim = read_exactly(&mut stream, 25).await;
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     stream.write_all(b"hello world").await.unwrap();
     let mut response = Vec::new();
@@ -248,26 +259,9 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
 
 #[tokio::test]
 async fn a_refused_request_that_expects_100_continue_is_refused_without_inviting_the_body() {
-    let upstream = echo_upstream().await;
-    let gw = Gateway::start(&format!(
-        "[upstream.api]\ntargets = [\"http://{upstream}\"]\n[[route]]\npath = \"/upload\"\nupstream = \"api\"\n"
-    ));
-    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     // 1 GB declared: over max_request_body (16 MiB by default).
-    stream
-        .write_all(
-            b"POST /upload HTTP/1.1\r\nHost: example\r\nContent-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = vec![0u8; 12];
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_exact(&mut head),
-    )
-    .await
-    .expect("an answer within 10s")
-    .unwrap();
+    let (_gw, mut stream) = upload_waiting_for_continue(1_000_000_000).await;
+    let head = read_exactly(&mut stream, 12).await;
     assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
     // The rest of the answer, then the end of the connection at once: the gateway does not
     // wait for a body that the client holds back until it hears `100 Continue`.

@@ -443,6 +443,37 @@ enum Tried {
     Failed(UpstreamFailure, Option<RetryOn>),
 }
 
+impl Tried {
+    /// The `status` label of `wasmgate_upstream_requests_total`: the target's status, or
+    /// `timeout` or `error` when there is none.
+    fn status(&self) -> Result<StatusCode, &'static str> {
+        match self {
+            Tried::Answered(response) => Ok(response.status()),
+            Tried::Failed(UpstreamFailure::TimedOut, _) => Err("timeout"),
+            Tried::Failed(..) => Err("error"),
+        }
+    }
+
+    /// The outcome as a reason `retries.on` may name (none for a success).
+    fn retry_on(&self) -> Option<RetryOn> {
+        match self {
+            Tried::Answered(response) => match response.status() {
+                StatusCode::BAD_GATEWAY => Some(RetryOn::BadGateway),
+                StatusCode::SERVICE_UNAVAILABLE => Some(RetryOn::Unavailable),
+                StatusCode::GATEWAY_TIMEOUT => Some(RetryOn::Timeout),
+                _ => None,
+            },
+            Tried::Failed(_, retry) => *retry,
+        }
+    }
+
+    /// Whether the try counts against the target (passive health checking): no answer, or a
+    /// 502, 503 or 504.
+    fn failed(&self) -> bool {
+        matches!(self, Tried::Failed(..)) || self.retry_on().is_some()
+    }
+}
+
 impl UpstreamRoute {
     /// The upstream's name, for `/routes` and `check`.
     pub fn describe(&self) -> String {
@@ -547,35 +578,19 @@ impl UpstreamRoute {
                 }
                 Ok(Ok(response)) => Tried::Answered(response),
             };
-            let status = match &tried_now {
-                Tried::Answered(response) => Some(response.status()),
-                Tried::Failed(..) => None,
-            };
-            let status_label = match (&status, &tried_now) {
-                (Some(status), _) => status.as_str(),
-                (None, Tried::Failed(UpstreamFailure::TimedOut, _)) => "timeout",
-                (None, _) => "error",
-            };
+            let status = tried_now.status();
             upstream.metrics.upstream_request(
                 &upstream.name,
                 &target.label,
-                status_label,
+                match &status {
+                    Ok(status) => status.as_str(),
+                    Err(label) => label,
+                },
                 &target.duration,
                 started.elapsed().as_secs_f64(),
             );
-            let (failed, retry_on) = match &tried_now {
-                Tried::Answered(response) => {
-                    let retry = match response.status() {
-                        StatusCode::BAD_GATEWAY => Some(RetryOn::BadGateway),
-                        StatusCode::SERVICE_UNAVAILABLE => Some(RetryOn::Unavailable),
-                        StatusCode::GATEWAY_TIMEOUT => Some(RetryOn::Timeout),
-                        _ => None,
-                    };
-                    (retry.is_some(), retry)
-                }
-                Tried::Failed(_, retry) => (true, *retry),
-            };
-            upstream.record(index, failed);
+            let retry_on = tried_now.retry_on();
+            upstream.record(index, tried_now.failed());
             let retry = retry_on.is_some_and(|on| upstream.retries.on.contains(&on))
                 && attempt + 1 < attempts;
             match tried_now {

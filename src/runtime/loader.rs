@@ -178,6 +178,11 @@ fn load_routes(
     let mut loaded: Loaded = HashMap::new();
     let mut components = Vec::new();
     let mut specs = Vec::with_capacity(config.routes.len());
+    // How many routes share each host and path (a lone route with `cors` also takes OPTIONS).
+    let mut routes_at: HashMap<(&Option<String>, &String), usize> = HashMap::new();
+    for route in &config.routes {
+        *routes_at.entry((&route.host, &route.path)).or_default() += 1;
+    }
     for (index, route) in config.routes.iter().enumerate() {
         let name = route.describe(index);
         let label = route.label();
@@ -260,14 +265,7 @@ fn load_routes(
         specs.push(RouteSpec {
             host: route.host.clone(),
             path: route.path.clone(),
-            methods: route.routed_methods(
-                config
-                    .routes
-                    .iter()
-                    .filter(|r| r.host == route.host && r.path == route.path)
-                    .count()
-                    == 1,
-            ),
+            methods: route.routed_methods(routes_at[&(&route.host, &route.path)] == 1),
             target: Arc::new(Route {
                 metrics,
                 private: route.private,
