@@ -47,6 +47,7 @@ pub struct Metrics {
     outbound_requests: IntCounterVec,
     keyvalue_operations: IntCounterVec,
     keyvalue_duration: HistogramVec,
+    blobstore: BlobStoreMetrics,
     guest_log_messages: IntCounterVec,
     config_reloads: IntCounterVec,
     tls_certificate_reloads: IntCounterVec,
@@ -145,6 +146,24 @@ impl Metrics {
                 KEYVALUE_BUCKETS,
                 &["backend", "op"],
             ),
+            blobstore: BlobStoreMetrics {
+                operations: counter(
+                    "wasmgate_blobstore_operations_total",
+                    "Blobstore operations by store, backend, operation and outcome (ok, not_found, invalid, error, denied).",
+                    &["store", "backend", "op", "outcome"],
+                ),
+                bytes: counter(
+                    "wasmgate_blobstore_bytes_total",
+                    "Object bytes components wrote to (direction=write) and read from (direction=read) blob stores.",
+                    &["store", "direction"],
+                ),
+                duration: histogram(
+                    "wasmgate_blobstore_operation_duration_seconds",
+                    "Time blobstore backends take per operation (a write: until the object is stored after finish; a read: until its data starts to flow).",
+                    KEYVALUE_BUCKETS,
+                    &["backend", "op"],
+                ),
+            },
             guest_log_messages: counter(
                 "wasmgate_guest_log_messages_total",
                 "Lines components logged through wasi:logging, stdout (level info) and stderr (level warn), by level and outcome (logged, dropped).",
@@ -404,6 +423,21 @@ impl Metrics {
         self.keyvalue_operations
             .with_label_values(&[store, backend, op, outcome])
             .inc();
+    }
+}
+
+/// The blobstore metric families; stores label them per call.
+#[derive(Clone)]
+pub struct BlobStoreMetrics {
+    pub operations: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub duration: HistogramVec,
+}
+
+impl Metrics {
+    /// The blobstore metric families.
+    pub fn blobstore(&self) -> &BlobStoreMetrics {
+        &self.blobstore
     }
 }
 

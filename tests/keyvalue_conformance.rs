@@ -11,6 +11,11 @@ use wasmgate::capabilities::keyvalue::nats::NatsBackend;
 use wasmgate::capabilities::keyvalue::redb::{RedbBackend, open_database};
 use wasmgate::capabilities::keyvalue::redis::RedisBackend;
 
+#[path = "common/tcp_proxy.rs"]
+mod tcp_proxy;
+
+use tcp_proxy::Proxy;
+
 const REDIS: &str = "redis://127.0.0.1:6379";
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -440,55 +445,6 @@ async fn redb_keeps_data_across_reopening() {
     )
     .unwrap();
     assert_eq!(other.get("kept").await.unwrap(), None);
-}
-
-/// A TCP proxy the test can cut and restore, standing in for a network partition.
-struct Proxy {
-    port: u16,
-    open: Arc<std::sync::atomic::AtomicBool>,
-    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: &'static str) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
-            Default::default();
-        let (o, c) = (open.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !o.load(std::sync::atomic::Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                c.lock().unwrap().push(task);
-            }
-        });
-        Proxy {
-            port,
-            open,
-            connections,
-        }
-    }
-
-    /// Refuses new connections and cuts the open ones.
-    fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
-        for task in self.connections.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// While the service is unreachable the backend returns `Unavailable` promptly (the guest gets

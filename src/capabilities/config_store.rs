@@ -27,30 +27,36 @@ pub fn resolve(
 ) -> anyhow::Result<ConfigValues> {
     let mut resolved = BTreeMap::new();
     for (key, value) in values {
-        let mut out = String::with_capacity(value.len());
-        let mut rest = value.as_str();
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after.find('}').ok_or_else(|| {
-                anyhow::anyhow!("config key `{key}`: `${{` without a closing `}}`")
-            })?;
-            let name = &after[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                anyhow::bail!(
-                    "config key `{key}`: `${{{name}}}` is not an environment variable name"
-                );
-            }
-            let found = lookup(name).ok_or_else(|| {
-                anyhow::anyhow!("config key `{key}`: environment variable `{name}` is not set")
-            })?;
-            out.push_str(&found);
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        resolved.insert(key.clone(), out);
+        let value =
+            expand_env(value, &lookup).map_err(|e| anyhow::anyhow!("config key `{key}`: {e}"))?;
+        resolved.insert(key.clone(), value);
     }
     Ok(Arc::new(resolved))
+}
+
+/// `value` with each `${NAME}` replaced by what `lookup` finds for NAME; a variable that is not
+/// set is an error. The one reading of `${NAME}` in the config (route `config` values, S3
+/// credentials).
+pub fn expand_env(value: &str, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| anyhow::anyhow!("`${{` without a closing `}}`"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            anyhow::bail!("`${{{name}}}` is not an environment variable name");
+        }
+        let found = lookup(name)
+            .ok_or_else(|| anyhow::anyhow!("environment variable `{name}` is not set"))?;
+        out.push_str(&found);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// What the host functions see.

@@ -1,4 +1,5 @@
 //! What components can import, beyond computing: each capability is one module.
+pub mod blobstore;
 pub mod config_store;
 pub mod keyvalue;
 pub mod logging;

@@ -9,12 +9,14 @@
 //! Relative paths in the file (components, the cache directory) are relative to the directory the
 //! config file is in, so a config works the same from any working directory.
 
+pub mod blobstore;
 pub mod listener;
 pub mod middleware;
 pub mod split;
 pub mod units;
 pub mod upstream;
 
+pub use blobstore::{BlobBackend, BlobStoreConfig};
 pub use listener::{ListenerConfig, TlsConfig};
 pub use upstream::UpstreamConfig;
 
@@ -42,6 +44,9 @@ pub struct Config {
     /// Named keyvalue stores (`[keyvalue.NAME]`); routes are granted stores by name.
     #[serde(default)]
     pub keyvalue: BTreeMap<String, KeyValueConfig>,
+    /// Named blob stores (`[blobstore.NAME]`); a route names the one its component uses.
+    #[serde(default)]
+    pub blobstore: BTreeMap<String, BlobStoreConfig>,
     /// Named components (`[component.NAME]`) that routes' components link to.
     #[serde(default, rename = "component")]
     pub components: BTreeMap<String, NamedComponentConfig>,
@@ -396,6 +401,9 @@ pub struct RouteConfig {
     /// The keyvalue stores the component may open.
     #[serde(default)]
     pub keyvalue: Vec<String>,
+    /// The blob store (`[blobstore.NAME]`) the component's `wasi:blobstore` containers live
+    /// in; absent, every blobstore call fails.
+    pub blobstore: Option<String>,
     /// Reachable only from components (`http://self/...`), never from outside (404).
     #[serde(default)]
     pub private: bool,
@@ -650,6 +658,9 @@ impl Config {
                 );
             }
         }
+        for (name, store) in &self.blobstore {
+            store.check(name)?;
+        }
         self.check_listeners()?;
         self.check_links()?;
         for (name, upstream) in &self.upstreams {
@@ -706,6 +717,20 @@ impl Config {
             }
             sticky.key().with_context(|| name.to_string())?;
         }
+        if let Some(store) = &route.blobstore
+            && !self.blobstore.contains_key(store)
+        {
+            let known: Vec<&str> = self.blobstore.keys().map(String::as_str).collect();
+            bail!(
+                "{name}: blobstore `{store}` is not defined (add a [blobstore.{store}] table; \
+                 defined: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
         for upstream in route.upstream_names() {
             if !self.upstreams.contains_key(upstream) {
                 let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
@@ -728,6 +753,7 @@ impl Config {
                     !route.allowed_outbound_hosts.is_empty(),
                 ),
                 ("keyvalue", !route.keyvalue.is_empty()),
+                ("blobstore", route.blobstore.is_some()),
                 ("config", !route.config.is_empty()),
                 ("max_memory", route.max_memory.is_some()),
             ];
@@ -1032,6 +1058,7 @@ mod tests {
             ("README.md", include_str!("../../README.md")),
             ("docs/config.md", include_str!("../../docs/config.md")),
             ("docs/keyvalue.md", include_str!("../../docs/keyvalue.md")),
+            ("docs/blobstore.md", include_str!("../../docs/blobstore.md")),
             ("docs/linking.md", include_str!("../../docs/linking.md")),
         ] {
             assert!(!documented_configs(text).is_empty(), "{doc} has no example");

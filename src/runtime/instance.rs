@@ -25,6 +25,7 @@ use super::admission::RejectReason;
 use super::engine::InstanceSlots;
 use super::response::{GuestBody, GuestEnd};
 use crate::body::{CutFlag, ResponseBody};
+use crate::capabilities::blobstore::{self, host::BlobStoreView};
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
 use crate::capabilities::keyvalue::{self, Grants, draft::KeyValueView};
 use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, RequestLog};
@@ -58,6 +59,7 @@ pub struct HostState {
     outbound: OutboundPolicy,
     limiter: MemoryLimiter,
     keyvalue: keyvalue::RequestState,
+    blobstore: blobstore::host::RequestState,
     /// The route's metric handles (and its name).
     metrics: Arc<RouteMetrics>,
     /// The request's log budget, shared with its stdout and stderr.
@@ -80,6 +82,16 @@ impl HostState {
         KeyValueView {
             table: &mut self.table,
             state: &mut self.keyvalue,
+            metrics: self.metrics.all(),
+        }
+    }
+}
+
+impl HostState {
+    fn blobstore(&mut self) -> BlobStoreView<'_> {
+        BlobStoreView {
+            table: &mut self.table,
+            state: &mut self.blobstore,
             metrics: self.metrics.all(),
         }
     }
@@ -148,13 +160,14 @@ impl ResourceLimiter for MemoryLimiter {
 }
 
 /// The linker every component is instantiated against: WASI 0.2, `wasi:http`, both versions of
-/// `wasi:keyvalue`, `wasi:logging` and `wasi:config`.
+/// `wasi:keyvalue`, `wasi:blobstore`, `wasi:logging` and `wasi:config`.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     keyvalue::draft::add_to_linker(&mut linker, HostState::keyvalue)?;
     keyvalue::draft2::add_to_linker(&mut linker, HostState::keyvalue)?;
+    blobstore::host::add_to_linker(&mut linker, HostState::blobstore)?;
     logging::add_to_linker(&mut linker, HostState::logging)?;
     config_store::add_to_linker(&mut linker, HostState::config)?;
     Ok(linker)
@@ -217,6 +230,8 @@ pub struct RouteSettings {
     /// `[engine] max_instances`, shared by every route.
     pub instances: InstanceSlots,
     pub keyvalue: Grants,
+    /// The blob store the route's guests keep their containers in.
+    pub blobstore: Option<Arc<blobstore::Store>>,
     pub config: ConfigValues,
     /// A fresh copy for each request.
     pub log_budget: LogBudget,
@@ -427,6 +442,10 @@ impl ComponentRoute {
                 refused: false,
             },
             keyvalue: keyvalue::RequestState::new(settings.keyvalue.clone()),
+            blobstore: blobstore::host::RequestState::new(
+                settings.blobstore.clone(),
+                settings.max_memory as u64,
+            ),
             metrics: self.metrics.clone(),
             log,
             config: settings.config.clone(),

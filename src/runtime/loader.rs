@@ -1,12 +1,13 @@
 //! Loading: the state that lives as long as the process, and the generations built on it.
 //!
 //! A [`Process`] owns what every config shares and a reload keeps: the wasmtime engine and its
-//! epoch ticker, the linker, the keyvalue stores and their connections, the metrics registry and
+//! epoch ticker, the linker, the keyvalue and blob stores and their connections, the metrics registry and
 //! the process-wide instance slots. [`load`] turns a [`Config`] into a [`Generation`] on that
 //! process: it loads every component once (through the compile cache), composes linked ones,
 //! pre-instantiates each against the linker, and validates the route table. Any error names
 //! the route and the file. Nothing here runs on the request path.
 
+use crate::capabilities::blobstore::Stores as BlobStores;
 use crate::capabilities::config_store;
 use crate::capabilities::keyvalue::{Grants, Stores};
 use crate::capabilities::logging::LogBudget;
@@ -33,12 +34,19 @@ use std::sync::Arc;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+/// The stores guests reach through `wasi:keyvalue` and `wasi:blobstore`, kept across reloads
+/// where their definitions did not change.
+pub struct CapabilityStores {
+    keyvalue: Stores,
+    blobstore: BlobStores,
+}
+
 /// What lives for the whole process, whatever generation is serving.
 pub struct Process {
     engine: wasmtime::Engine,
     linker: Linker<HostState>,
     /// The stores of the live generation; a load builds the next ones from these.
-    stores: std::sync::Mutex<Arc<Stores>>,
+    stores: std::sync::Mutex<Arc<CapabilityStores>>,
     metrics: Arc<Metrics>,
     instances: InstanceSlots,
     /// Which allocator the engine ended up with.
@@ -53,21 +61,31 @@ impl Process {
     /// Creates the engine, its ticker and linker, the instance slots and the keyvalue stores
     /// `config` declares. `config.admin.listen` is the admin listener's bound address.
     pub fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Process> {
-        let stores = Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?;
+        let stores = CapabilityStores {
+            keyvalue: Stores::build(&config.keyvalue, |p| config.resolve(p), &metrics)?,
+            blobstore: BlobStores::default().next(
+                &config.blobstore,
+                |p| config.resolve(p),
+                &metrics,
+            )?,
+        };
         Process::with_stores(config, metrics, stores)
     }
 
     /// A process for `wasmgate check`: like [`Process::start`], but no keyvalue store is opened
     /// or connected to (see `Stores::unopened`).
     pub fn for_check(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Process> {
-        let stores = Stores::unopened(&config.keyvalue, &metrics);
+        let stores = CapabilityStores {
+            keyvalue: Stores::unopened(&config.keyvalue, &metrics),
+            blobstore: BlobStores::unopened(&config.blobstore, &metrics),
+        };
         Process::with_stores(config, metrics, stores)
     }
 
     fn with_stores(
         config: &Config,
         metrics: Arc<Metrics>,
-        stores: Stores,
+        stores: CapabilityStores,
     ) -> anyhow::Result<Process> {
         let (engine, allocator) = build_engine(&config.engine)?;
         let instances = InstanceSlots::new(config.engine.max_instances);
@@ -89,14 +107,14 @@ impl Process {
         &self.metrics
     }
 
-    fn stores(&self) -> Arc<Stores> {
+    fn stores(&self) -> Arc<CapabilityStores> {
         match self.stores.lock() {
             Ok(stores) => stores.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    fn set_stores(&self, stores: Arc<Stores>) {
+    fn set_stores(&self, stores: Arc<CapabilityStores>) {
         match self.stores.lock() {
             Ok(mut current) => *current = stores,
             Err(poisoned) => *poisoned.into_inner() = stores,
@@ -115,11 +133,19 @@ pub fn load(
     self_handle: &SelfHandle,
     previous: &Generation,
 ) -> anyhow::Result<Generation> {
-    let stores = Arc::new(process.stores().next(
-        &config.keyvalue,
-        |p| config.resolve(p),
-        &process.metrics,
-    )?);
+    let current = process.stores();
+    let stores = Arc::new(CapabilityStores {
+        keyvalue: current.keyvalue.next(
+            &config.keyvalue,
+            |p| config.resolve(p),
+            &process.metrics,
+        )?,
+        blobstore: current.blobstore.next(
+            &config.blobstore,
+            |p| config.resolve(p),
+            &process.metrics,
+        )?,
+    });
     let generation = load_routes(process, &stores, config, self_handle, previous)?;
     process.set_stores(stores);
     Ok(generation)
@@ -127,7 +153,7 @@ pub fn load(
 
 fn load_routes(
     process: &Process,
-    stores: &Stores,
+    stores: &CapabilityStores,
     config: &Config,
     self_handle: &SelfHandle,
     previous: &Generation,
@@ -303,7 +329,7 @@ type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>), ProxyPre<Host
 /// What every component route of one generation is built with.
 struct Shared<'g> {
     process: &'g Process,
-    stores: &'g Stores,
+    stores: &'g CapabilityStores,
     config: &'g Config,
     self_handle: &'g SelfHandle,
     /// The TLS settings of components' outgoing requests (`[server] outbound_ca` and the roots).
@@ -339,6 +365,7 @@ fn load_component_route<'a>(
     };
     let grants = shared
         .stores
+        .keyvalue
         .grants(&route.keyvalue)
         .with_context(|| name.to_string())?;
     component_route(shared, route, component, pre, grants, admission)
@@ -402,7 +429,8 @@ fn unsupplied_import(
         .map(|(name, _)| name.to_string())
         .find(|name| text.contains(&format!("`{name}`")));
     let provided = "wasmgate provides WASI 0.2, wasi:http, wasi:keyvalue 0.2.0-draft and \
-                    -draft2, wasi:logging 0.1.0-draft and wasi:config 0.2.0-draft";
+                    -draft2, wasi:blobstore 0.2.0-draft, wasi:logging 0.1.0-draft and \
+                    wasi:config 0.2.0-draft";
     let Some(import) = import.filter(|_| text.contains("matching implementation was not found"))
     else {
         return anyhow::anyhow!(
@@ -481,6 +509,7 @@ fn component_route(
         admission,
         instances: process.instances.clone(),
         keyvalue,
+        blobstore: shared.stores.blobstore.grant(route.blobstore.as_deref())?,
         config: config_store::resolve(&route.config, |name| std::env::var(name).ok())?,
         self_handle: (*self_handle).clone(),
         log_budget: LogBudget::new(

@@ -17,7 +17,7 @@
 //! wasmtime's components import) and `@0.2.0-draft2` ([`draft2`], what Spin's import).
 
 pub mod backend;
-mod connect;
+pub(crate) mod connect;
 pub mod draft;
 pub mod draft2;
 pub mod memory;

@@ -1,0 +1,459 @@
+//! wasi:blobstore end to end: real components (`blob-files` on the gateway's own bindings,
+//! `blob-wasmcloud` on wasmCloud's SDK) behind real gateways, on every backend, with real NATS
+//! and S3 (SeaweedFS, started by `tests/services/s3-server`).
+
+mod common;
+#[path = "common/tcp_proxy.rs"]
+mod tcp_proxy;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use std::time::{Duration, Instant};
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// A `[blobstore.files]` table on `backend`, with unique names so runs never collide.
+fn store_table(backend: &str, dir: &std::path::Path) -> String {
+    match backend {
+        "memory" => "[blobstore.files]\nbackend = \"memory\"\n".to_string(),
+        "fs" => format!(
+            "[blobstore.files]\nbackend = \"fs\"\npath = {}\n",
+            toml_path(&dir.join("blobs"))
+        ),
+        "nats" => format!(
+            "[blobstore.files]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nprefix = \"wgtest{}\"\n",
+            unique()
+        ),
+        "s3" => format!(
+            "[blobstore.files]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:18333\"\n\
+             bucket = \"wasmgate-test\"\nprefix = \"http/{}\"\n\
+             access_key_id = \"wasmgate-test-key\"\nsecret_access_key = \"wasmgate-test-secret\"\n",
+            unique()
+        ),
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+fn files_route(store: Option<&str>) -> String {
+    let store = store.map_or(String::new(), |s| format!("blobstore = \"{s}\"\n"));
+    format!(
+        "[[route]]\npath = \"/files/...\"\ncomponent = {}\n{store}max_concurrency = 16\ntimeout = \"120s\"\n",
+        toml_path(&guest("blob-files"))
+    )
+}
+
+fn request(method: Method, url: &str, data: impl Into<Bytes>) -> Request<ClientBody> {
+    Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body(data))
+        .unwrap()
+}
+
+async fn call(client: &HttpClient, method: Method, url: &str, data: &[u8]) -> (StatusCode, String) {
+    let (status, _, text) = read(send(client, request(method, url, data.to_vec())).await).await;
+    (status, text)
+}
+
+async fn files_work_over_http(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&format!(
+        "{}\n{}",
+        store_table(backend, dir.path()),
+        files_route(Some("files"))
+    ));
+    let client = http1();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let (status, text) = call(
+        &client,
+        Method::PUT,
+        &gw.url("/files/docs/report%20v1.bin"),
+        &data,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(text, "stored 100000 bytes\n");
+    call(&client, Method::PUT, &gw.url("/files/docs/empty"), b"").await;
+
+    let response = send(
+        &client,
+        request(Method::GET, &gw.url("/files/docs/report%20v1.bin"), ""),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-length"], "100000");
+    let got = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, data);
+
+    // Ranges map to get-data.
+    let ranged = Request::builder()
+        .uri(gw.url("/files/docs/report%20v1.bin"))
+        .header("range", "bytes=1000-1999")
+        .body(empty())
+        .unwrap();
+    let response = send(&client, ranged).await;
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        response.headers()["content-range"],
+        "bytes 1000-1999/100000"
+    );
+    let got = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, &data[1000..2000]);
+    let suffix = Request::builder()
+        .uri(gw.url("/files/docs/report%20v1.bin"))
+        .header("range", "bytes=-10")
+        .body(empty())
+        .unwrap();
+    let got = send(&client, suffix)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(got, &data[99_990..]);
+    let past = Request::builder()
+        .uri(gw.url("/files/docs/report%20v1.bin"))
+        .header("range", "bytes=100000-")
+        .body(empty())
+        .unwrap();
+    assert_eq!(
+        send(&client, past).await.status(),
+        StatusCode::RANGE_NOT_SATISFIABLE
+    );
+
+    let (status, listing) = call(&client, Method::GET, &gw.url("/files/docs"), b"").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listing, "empty\nreport v1.bin\n");
+    let (status, _) = call(&client, Method::DELETE, &gw.url("/files/docs/empty"), b"").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&client, Method::GET, &gw.url("/files/docs/empty"), b"").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&client, Method::GET, &gw.url("/files/nothing-here"), b"").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&client, Method::DELETE, &gw.url("/files/docs"), b"").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        &client,
+        Method::GET,
+        &gw.url("/files/docs/report%20v1.bin"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let metrics = gw.metrics().await;
+    let written = metric_value(
+        &metrics,
+        "wasmgate_blobstore_bytes_total",
+        &[("store", "files"), ("direction", "write")],
+    );
+    assert_eq!(written, Some(100_000.0), "{metrics}");
+    let ok_writes = metric_value(
+        &metrics,
+        "wasmgate_blobstore_operations_total",
+        &[
+            ("store", "files"),
+            ("backend", backend),
+            ("op", "write_data"),
+            ("outcome", "ok"),
+        ],
+    );
+    assert_eq!(ok_writes, Some(2.0), "{metrics}");
+    assert!(
+        metrics.contains("wasmgate_blobstore_operation_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn files_work_over_http_on_memory() {
+    files_work_over_http("memory").await;
+}
+
+#[tokio::test]
+async fn files_work_over_http_on_fs() {
+    files_work_over_http("fs").await;
+}
+
+#[tokio::test]
+async fn files_work_over_http_on_nats() {
+    files_work_over_http("nats").await;
+}
+
+#[tokio::test]
+async fn files_work_over_http_on_s3() {
+    files_work_over_http("s3").await;
+}
+
+#[tokio::test]
+async fn a_route_without_a_blob_store_gets_access_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&format!(
+        "{}\n{}",
+        store_table("memory", dir.path()),
+        files_route(None)
+    ));
+    let (status, text) = call(&http1(), Method::PUT, &gw.url("/files/c/x"), b"data").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(text.contains("access denied"), "{text}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "wasmgate_blobstore_operations_total",
+            &[("store", "(none)"), ("outcome", "denied")],
+        )
+        .is_some(),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_built_with_the_wasmcloud_sdk_runs_unchanged() {
+    let gw = Gateway::start(&format!(
+        "[blobstore.shared]\nbackend = \"memory\"\n\n[[route]]\npath = \"/wc/...\"\ncomponent = {}\nblobstore = \"shared\"\n",
+        toml_path(&guest("blob-wasmcloud"))
+    ));
+    let client = http1();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 199) as u8).collect();
+    for (name, data) in [
+        ("hello.txt", b"hello from wasmCloud".to_vec()),
+        ("big.bin", big),
+    ] {
+        let (status, text) =
+            call(&client, Method::PUT, &gw.url(&format!("/wc/{name}")), &data).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert_eq!(text, "stored\n");
+        let response = send(
+            &client,
+            request(Method::GET, &gw.url(&format!("/wc/{name}")), ""),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            data
+        );
+    }
+    let (status, listing) = call(&client, Method::GET, &gw.url("/wc/"), b"").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listing, "big.bin\nhello.txt\n");
+}
+
+/// The resident memory of a process, from /proc/PID/status.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024.0
+}
+
+/// 200 MiB, streamed from the test in 1 MiB frames (a byte pattern, so the download can be
+/// checked without keeping it).
+fn pattern(mib: usize) -> ClientBody {
+    let frames = (0..mib).map(|i| {
+        let frame: Vec<u8> = (0..1 << 20)
+            .map(|j: usize| ((i * 7 + j) % 251) as u8)
+            .collect();
+        Ok::<_, BoxError>(Frame::data(Bytes::from(frame)))
+    });
+    BodyExt::boxed(StreamBody::new(futures::stream::iter(frames)))
+}
+
+#[tokio::test]
+async fn two_hundred_mebibytes_stream_through_with_flat_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(
+        &format!(
+            "{}\n{}",
+            store_table("fs", dir.path()),
+            files_route(Some("files"))
+        ),
+        Sections {
+            server: "max_request_body = \"300MiB\"\nrequest_timeout = \"120s\"\n".into(),
+            ..Sections::default()
+        },
+    );
+    let client = http1();
+    // Warm up: the instance pool, the connection, the first object.
+    call(
+        &client,
+        Method::PUT,
+        &gw.url("/files/big/warm"),
+        &vec![1u8; 4 << 20],
+    )
+    .await;
+    let before = rss_mib(gw.pid());
+
+    const MIB: usize = 200;
+    let upload = Request::builder()
+        .method(Method::PUT)
+        .uri(gw.url("/files/big/object"))
+        .body(pattern(MIB))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(120), client.request(upload))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, _, text) = read(response).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(text, format!("stored {} bytes\n", MIB << 20));
+    let after_upload = rss_mib(gw.pid());
+
+    let response = send(
+        &client,
+        request(Method::GET, &gw.url("/files/big/object"), ""),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let (mut received, mut mismatches) = (0usize, 0usize);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            for (k, byte) in data.iter().enumerate() {
+                let at = received + k;
+                if *byte != (((at >> 20) * 7 + (at & ((1 << 20) - 1))) % 251) as u8 {
+                    mismatches += 1;
+                }
+            }
+            received += data.len();
+        }
+    }
+    assert_eq!(received, MIB << 20);
+    assert_eq!(mismatches, 0);
+    let after_download = rss_mib(gw.pid());
+    eprintln!(
+        "RSS: {before:.1} MiB before, {after_upload:.1} MiB after the upload, \
+         {after_download:.1} MiB after the download"
+    );
+    // Flat: far below the object's 200 MiB (the guest's instance and the buffers are a few MiB).
+    assert!(after_upload - before < 40.0, "{before} -> {after_upload}");
+    assert!(
+        after_download - before < 40.0,
+        "{before} -> {after_download}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_upload_leaves_no_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&format!(
+        "{}\n{}",
+        store_table("fs", dir.path()),
+        files_route(Some("files"))
+    ));
+    let client = http1();
+    call(&client, Method::PUT, &gw.url("/files/c/kept"), b"kept").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let upload = Request::builder()
+        .method(Method::PUT)
+        .uri(gw.url("/files/c/partial"))
+        .header("content-length", (50u64 << 20).to_string())
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap();
+    let sending = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(upload).await }
+    });
+    for _ in 0..8 {
+        tx.send(Ok(Frame::data(Bytes::from(vec![9u8; 1 << 20]))))
+            .await
+            .unwrap();
+    }
+    // The client goes away: its connection closes with the body cut short.
+    sending.abort();
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = call(&client, Method::GET, &gw.url("/files/c/partial"), b"").await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "a partial upload became visible"
+        );
+        let leftovers = std::fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .flat_map(|container| std::fs::read_dir(container.unwrap().path()).unwrap())
+            .count();
+        if leftovers == 1 || Instant::now() > deadline {
+            assert_eq!(leftovers, 1, "only `kept` is left, no temporary file");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, text) = call(&client, Method::GET, &gw.url("/files/c/kept"), b"").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "kept"));
+}
+
+#[tokio::test]
+async fn a_backend_outage_is_an_error_for_its_route_only_and_recovers_by_itself() {
+    let proxy = tcp_proxy::Proxy::start("127.0.0.1:4222").await;
+    let prefix = format!("wgtest{}", unique());
+    let gw = Gateway::start(&format!(
+        "[blobstore.files]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n\n{}\n\
+         [[route]]\npath = \"/hello\"\ncomponent = {}\n",
+        proxy.port,
+        files_route(Some("files")),
+        toml_path(&guest("hello"))
+    ));
+    let client = http1();
+    let (status, text) = call(&client, Method::PUT, &gw.url("/files/c/x"), b"before").await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+
+    proxy.cut();
+    let started = Instant::now();
+    let (status, text) = call(&client, Method::GET, &gw.url("/files/c/x"), b"").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("blobstore error"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, _, _) = get(&client, &gw.url("/hello")).await;
+    assert_eq!(status, StatusCode::OK, "other routes are unaffected");
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = call(&client, Method::GET, &gw.url("/files/c/x"), b"").await;
+        if status == StatusCode::OK {
+            assert_eq!(text, "before");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not recover: {status} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "wasmgate_blobstore_operations_total",
+            &[("store", "files"), ("outcome", "error")],
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(gw.output().contains("blobstore backend failed"));
+    // The test's buckets.
+    if let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await {
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_object_store(format!("{prefix}_c")).await;
+    }
+}
