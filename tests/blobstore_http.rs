@@ -457,3 +457,129 @@ async fn a_backend_outage_is_an_error_for_its_route_only_and_recovers_by_itself(
         let _ = js.delete_object_store(format!("{prefix}_c")).await;
     }
 }
+
+#[tokio::test]
+async fn a_backend_lost_mid_upload_fails_the_upload_within_the_timeout() {
+    let proxy = tcp_proxy::Proxy::start("127.0.0.1:4222").await;
+    let prefix = format!("wgtest{}", unique());
+    let gw = Gateway::start_with(
+        &format!(
+            "[blobstore.files]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n\n{}",
+            proxy.port,
+            files_route(Some("files")),
+        ),
+        Sections {
+            server: "max_request_body = \"300MiB\"\n".into(),
+            ..Sections::default()
+        },
+    );
+    let client = http1();
+    let (status, text) = call(&client, Method::PUT, &gw.url("/files/c/small"), b"before").await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let upload = Request::builder()
+        .method(Method::PUT)
+        .uri(gw.url("/files/c/big"))
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap();
+    let response = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(upload).await }
+    });
+    // The client keeps sending (1 MiB every 20 ms) for as long as the gateway reads.
+    let feeder = tokio::spawn(async move {
+        for i in 0..2000 {
+            let frame = Ok(Frame::data(Bytes::from(vec![i as u8; 1 << 20])));
+            if tx.send(frame).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    let cut_at = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(30), response)
+        .await
+        .expect("an answer while the backend is gone")
+        .unwrap()
+        .unwrap();
+    let (status, _, text) = read(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("blobstore error"), "{text}");
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        cut_at.elapsed()
+    );
+    feeder.abort();
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = call(&client, Method::GET, &gw.url("/files/c/big"), b"").await;
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cut object appeared: {text}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "did not recover: {status} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, text) = call(&client, Method::GET, &gw.url("/files/c/small"), b"").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "before"));
+    if let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await {
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_object_store(format!("{prefix}_c")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_store_and_rebuilds_a_changed_one() {
+    let gw = Gateway::start(&format!(
+        "[blobstore.files]\nbackend = \"memory\"\n\n{}",
+        files_route(Some("files"))
+    ));
+    let client = http1();
+    let (status, text) = call(&client, Method::PUT, &gw.url("/files/c/x"), b"kept").await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let path = gw.dir.path().join("wasmgate.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let reload = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        let request = Request::post(gw.admin_url("/reload"))
+            .body(empty())
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let (status, _, body) = read(send(&client, request).await).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    // Another route, the same store: its data stays.
+    reload(format!(
+        "{original}\n[[route]]\npath = \"/hello\"\ncomponent = {}\n",
+        toml_path(&guest("hello"))
+    ))
+    .await;
+    let (status, text) = call(&client, Method::GET, &gw.url("/files/c/x"), b"").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "kept"));
+    // A changed store is a new store.
+    reload(original.replace(
+        "backend = \"memory\"",
+        "backend = \"memory\"\nmax_object_size = \"1MiB\"",
+    ))
+    .await;
+    let (status, _) = call(&client, Method::GET, &gw.url("/files/c/x"), b"").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
