@@ -540,7 +540,7 @@ async fn fs_names_never_leave_the_directory() {
 }
 
 #[tokio::test]
-async fn fs_removes_temporary_files_a_crash_left() {
+async fn fs_removes_stale_temporary_files_a_crash_left() {
     let dir = tempfile::tempdir().unwrap();
     let backend = FsBackend::open(dir.path()).unwrap();
     backend.create_container("c").await.unwrap();
@@ -551,9 +551,19 @@ async fn fs_removes_temporary_files_a_crash_left() {
         .unwrap()
         .path();
     std::fs::write(container_dir.join(".tmp-crashed"), b"half").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(container_dir.join(".tmp-crashed"))
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    // A young one may be a write still running (another replica, the previous generation).
+    std::fs::write(container_dir.join(".tmp-running"), b"half").unwrap();
     drop(backend);
     let backend = FsBackend::open(dir.path()).unwrap();
     assert!(!container_dir.join(".tmp-crashed").exists());
+    assert!(container_dir.join(".tmp-running").exists());
     assert!(
         backend
             .list_objects("c", None, 10)

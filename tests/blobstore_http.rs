@@ -583,3 +583,120 @@ async fn a_reload_keeps_an_unchanged_store_and_rebuilds_a_changed_one() {
     let (status, _) = call(&client, Method::GET, &gw.url("/files/c/x"), b"").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// The host's side of the interface, driven by a real guest: write orders, abandoned values,
+/// the object size limit, consume-sync's limit and the count of open values.
+#[tokio::test]
+async fn the_hosts_rules_hold_for_a_real_guest() {
+    let gw = Gateway::start(&format!(
+        "[blobstore.files]\nbackend = \"memory\"\nmax_object_size = \"12MiB\"\n\n{}\n\
+         [[route]]\nhost = \"small.test\"\npath = \"/files/...\"\ncomponent = {}\n\
+         blobstore = \"files\"\nmax_memory = \"8MiB\"\n",
+        files_route(Some("files")),
+        toml_path(&guest("blob-files"))
+    ));
+    let client = http1();
+    let on = |host: &str, method: Method, path: &str, data: Vec<u8>| {
+        Request::builder()
+            .method(method)
+            .uri(gw.url(path))
+            .header("host", host)
+            .body(body(data))
+            .unwrap()
+    };
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+
+    // The bytes before write-data: fine up to the 1 MiB that may wait, refused beyond.
+    let (status, text) = call(
+        &client,
+        Method::PUT,
+        &gw.url("/files/c/early?mode=data-last"),
+        &data,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let response = send(&client, request(Method::GET, &gw.url("/files/c/early"), "")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.into_body().collect().await.unwrap().to_bytes() == data);
+    let (status, text) = call(
+        &client,
+        Method::PUT,
+        &gw.url("/files/c/late?mode=data-last"),
+        &vec![1u8; 3 << 20],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("call write-data first"), "{text}");
+
+    // A value dropped without finish stores nothing, even with its stream still open, and an
+    // earlier object of the name stays.
+    call(&client, Method::PUT, &gw.url("/files/c/x"), b"old").await;
+    let (status, text) = call(
+        &client,
+        Method::PUT,
+        &gw.url("/files/c/x?mode=abandon"),
+        &data,
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::ACCEPTED, "abandoned, stream refused: true\n")
+    );
+    let (status, text) = call(&client, Method::GET, &gw.url("/files/c/x"), b"").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "old"));
+
+    // Past max_object_size: the guest hears why (not a trap), nothing is stored.
+    let (status, text) = call(
+        &client,
+        Method::PUT,
+        &gw.url("/files/c/huge"),
+        &vec![2u8; 13 << 20],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("max_object_size"), "{text}");
+    let (status, _) = call(&client, Method::GET, &gw.url("/files/c/huge"), b"").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // consume-sync reads what the route's max_memory allows, and refuses more.
+    let ten: Vec<u8> = (0..10u32 << 20).map(|i| (i % 239) as u8).collect();
+    call(&client, Method::PUT, &gw.url("/files/c/ten"), &ten).await;
+    let response = send(
+        &client,
+        request(Method::GET, &gw.url("/files/c/ten?sync=1"), ""),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        ten
+    );
+    let (status, _, text) = read(
+        send(
+            &client,
+            on("small.test", Method::GET, "/files/c/ten?sync=1", vec![]),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(
+        text.contains("max_memory") && text.contains("consume-async"),
+        "{text}"
+    );
+    let streamed = send(
+        &client,
+        on("small.test", Method::GET, "/files/c/ten", vec![]),
+    )
+    .await;
+    assert_eq!(streamed.status(), StatusCode::OK);
+    let streamed = streamed.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(streamed.len(), 10 << 20, "streaming has no limit");
+
+    // Sixteen open values per request; a seventeenth traps the guest.
+    let (status, text) = call(&client, Method::POST, &gw.url("/files/c?values=16"), b"").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "held 16\n"));
+    let (status, _) = call(&client, Method::POST, &gw.url("/files/c?values=17"), b"").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    gw.wait_for_output(Duration::from_secs(5), |out| out.contains("unfinished outgoing-values"));
+}

@@ -11,12 +11,20 @@
 //! * `GET /files/CONTAINER`: the container's object names, one per line, sorted.
 //! * `DELETE /files/CONTAINER`: deletes the container and its objects; 204.
 //!
+//! For the tests of the host's side: `PUT ...?mode=data-last` writes the bytes before
+//! `write-data`, `PUT ...?mode=abandon` drops the value without `finish` while its stream is
+//! still open (202), `GET ...?sync=1` reads with `consume-sync`, and
+//! `POST /files/CONTAINER?values=N` holds N outgoing values at once.
+//!
 //! CONTAINER and NAME are percent-decoded. A missing container or object is 404, a request body
 //! that breaks off 400 (nothing is stored: the value is dropped without `finish`), any other
 //! blobstore error 503 with `blobstore error: MESSAGE\n`; a route without a blob store
 //! therefore answers 503 `blobstore error: access denied: ...`.
 
-use guest_util::{headers, percent_decode, respond_text, send_response};
+use guest_util::{
+    headers, percent_decode, query_flag, query_number, request_query_param, respond_text,
+    send_response,
+};
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::types::{IncomingRequest, Method, ResponseOutparam};
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
@@ -41,6 +49,9 @@ mod bindings {
         generate_all,
     });
 }
+
+/// How much of a request body is read and dropped after a failed upload, at most.
+const DRAIN_LIMIT: usize = 16 << 20;
 
 /// How much to ask for per read.
 const READ_SIZE: u64 = 64 * 1024;
@@ -120,6 +131,8 @@ enum Answer {
     Text(u16, String),
     /// Status and headers without a body.
     Headers(u16, Vec<(&'static str, String)>),
+    /// Status, headers and a body read whole (`consume-sync`).
+    Bytes(u16, Vec<(&'static str, String)>, Vec<u8>),
     /// Status and headers, then the body streamed from the store.
     Stream(u16, Vec<(&'static str, String)>, InputStream),
 }
@@ -130,6 +143,9 @@ impl Answer {
             Answer::Text(status, text) => respond_text(out, status, &text),
             Answer::Headers(status, fields) => {
                 guest_util::respond(out, status, fields_of(&fields), b"");
+            }
+            Answer::Bytes(status, fields, data) => {
+                guest_util::respond(out, status, fields_of(&fields), &data);
             }
             Answer::Stream(status, fields, input) => {
                 let writer = send_response(out, status, fields_of(&fields));
@@ -158,7 +174,25 @@ fn fields_of(fields: &[(&'static str, String)]) -> wasi::http::types::Fields {
     headers(&pairs)
 }
 
+/// How a `PUT` drives the value, for the tests of the host's side (`?mode=`).
+#[derive(PartialEq)]
+enum WriteMode {
+    /// `write-data`, then the bytes, then `finish`: the usual order.
+    Usual,
+    /// The bytes first, then `write-data` (as an early wasmCloud example did).
+    DataLast,
+    /// The bytes after `write-data`, then the value dropped without `finish`, its stream still
+    /// open: nothing may be stored. Answers 202.
+    Abandon,
+}
+
 fn put(request: IncomingRequest, container: &str, name: &str) -> Result<Answer> {
+    let mode = match request_query_param(&request, "mode").as_deref() {
+        None => WriteMode::Usual,
+        Some("data-last") => WriteMode::DataLast,
+        Some("abandon") => WriteMode::Abandon,
+        Some(other) => return Err(Failure::BadRequest(format!("unknown mode {other}"))),
+    };
     let container = open_or_create(container)?;
     let body = request
         .consume()
@@ -170,7 +204,9 @@ fn put(request: IncomingRequest, container: &str, name: &str) -> Result<Answer> 
     let stream = value
         .outgoing_value_write_body()
         .map_err(|()| Failure::Blobstore("the value's stream was already taken".into()))?;
-    store(container.write_data(&name.to_string(), &value))?;
+    if mode != WriteMode::DataLast {
+        store(container.write_data(&name.to_string(), &value))?;
+    }
     let mut size = 0u64;
     loop {
         let chunk = match read_chunk(&input) {
@@ -186,11 +222,39 @@ fn put(request: IncomingRequest, container: &str, name: &str) -> Result<Answer> 
         };
         size += chunk.len() as u64;
         if let Err(e) = write_all(&stream, &chunk) {
+            let e = match e {
+                StreamError::LastOperationFailed(e) => e.to_debug_string(),
+                StreamError::Closed => "closed".to_string(),
+            };
             drop(stream);
+            // Read the rest of a short body (and drop it) before answering, so the client
+            // hears the answer rather than a connection closed under its upload.
+            let mut drained = 0;
+            while drained < DRAIN_LIMIT
+                && let Ok(Some(chunk)) = read_chunk(&input)
+            {
+                drained += chunk.len();
+            }
+            if mode == WriteMode::DataLast {
+                return Err(Failure::Blobstore(e));
+            }
             // The write stopped at the store; `finish` says why.
             let why = types::OutgoingValue::finish(value).err();
-            return Err(Failure::Blobstore(why.unwrap_or_else(|| format!("{e:?}"))));
+            return Err(Failure::Blobstore(why.unwrap_or(e)));
         }
+    }
+    if mode == WriteMode::Abandon {
+        drop(value);
+        // The stream outlives its value: writing on must fail, not reach the store.
+        let refused = stream.check_write().is_err();
+        drop(stream);
+        return Ok(Answer::Text(
+            202,
+            format!("abandoned, stream refused: {refused}\n"),
+        ));
+    }
+    if mode == WriteMode::DataLast {
+        store(container.write_data(&name.to_string(), &value))?;
     }
     drop(stream);
     store(types::OutgoingValue::finish(value))?;
@@ -260,6 +324,10 @@ fn get(request: IncomingRequest, container: &str, name: &str) -> Result<Answer> 
         fields[1].0 = "x-object-size";
         return Ok(Answer::Headers(status, fields));
     }
+    if query_flag(&request, "sync") {
+        let data = store(types::IncomingValue::incoming_value_consume_sync(value))?;
+        return Ok(Answer::Bytes(status, fields, data));
+    }
     let input = store(types::IncomingValue::incoming_value_consume_async(value))?;
     Ok(Answer::Stream(status, fields, input))
 }
@@ -283,6 +351,16 @@ fn list(container: &str) -> Result<Answer> {
     Ok(Answer::Text(200, body))
 }
 
+/// `POST /files/CONTAINER?values=N`: makes N outgoing values and holds them all until the
+/// response (the host allows a request 16; one more traps the guest).
+fn hold_values(request: &IncomingRequest) -> Result<Answer> {
+    let count: usize = query_number(request, "values", 1).map_err(Failure::BadRequest)?;
+    let held: Vec<types::OutgoingValue> = (0..count)
+        .map(|_| types::OutgoingValue::new_outgoing_value())
+        .collect();
+    Ok(Answer::Text(200, format!("held {}\n", held.len())))
+}
+
 struct BlobFiles;
 
 impl Guest for BlobFiles {
@@ -304,6 +382,7 @@ impl Guest for BlobFiles {
                 .and_then(|c| store(c.delete_object(name)))
                 .map(|()| Answer::Text(204, String::new())),
             (Method::Get, [container]) => list(container),
+            (Method::Post, [_]) => hold_values(&request),
             (Method::Delete, [container]) => store(blobstore::delete_container(container))
                 .map(|()| Answer::Text(204, String::new())),
             _ => Ok(Answer::Text(404, "not found\n".into())),

@@ -151,19 +151,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Deletes the object; one that does not exist is no error.
     async fn delete_object(&self, container: &str, name: &str) -> Result<(), BlobError>;
 
-    /// Copies an object, streaming it through the gateway unless the backend can do better.
-    async fn copy_object(&self, from: (&str, &str), to: (&str, &str)) -> Result<(), BlobError> {
-        let read = self
-            .read(
-                from.0,
-                from.1,
-                ByteRange {
-                    start: 0,
-                    end: u64::MAX,
-                },
-            )
-            .await?;
-        self.write(to.0, to.1, read.body).await.map(|_| ())
+    /// Copies an object inside the service, if the backend can (`None`: the store streams it
+    /// through the gateway instead, as a read and a write).
+    async fn copy_in_service(
+        &self,
+        _from: (&str, &str),
+        _to: (&str, &str),
+    ) -> Option<Result<(), BlobError>> {
+        None
     }
 }
 

@@ -5,8 +5,10 @@
 //! A write goes to a temporary file in the container's directory (`.tmp-…`, a name no encoded
 //! name can have), is flushed to disk, and is renamed over the object when the guest finishes:
 //! a crash or an abandoned write never leaves a half-written object visible, and of two writers
-//! the one that renames last wins. Temporary files left by a crash are removed when the store
-//! opens.
+//! the one that renames last wins. A write that is abandoned or given up on removes its
+//! temporary file; files a crash left behind are removed when the store opens, once they are
+//! [`STALE_TEMP`] old (younger ones may belong to a write still running: another replica on
+//! shared storage, or the previous generation during a reload).
 
 use super::backend::{
     Backend, BlobError, ByteRange, ByteStream, ContainerInfo, Listing, ObjectInfo, Read,
@@ -24,6 +26,9 @@ const MAX_FILE_NAME: usize = 255;
 
 /// Prefix of temporary files; encoded names never start with `.`.
 const TEMP_PREFIX: &str = ".tmp-";
+
+/// How old a temporary file must be before opening the store removes it.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Bytes one read from a file yields at most.
 const READ_CHUNK: usize = 64 << 10;
@@ -47,7 +52,11 @@ impl FsBackend {
                 continue;
             };
             for file in files.flatten() {
-                if file.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let stale = file
+                    .metadata()
+                    .and_then(|meta| meta.modified())
+                    .is_ok_and(|modified| modified.elapsed().unwrap_or_default() > STALE_TEMP);
+                if stale && file.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                     let _ = std::fs::remove_file(file.path());
                 }
             }
@@ -111,6 +120,24 @@ impl FsBackend {
         }
         names.sort_unstable();
         Ok(names)
+    }
+}
+
+/// A write's temporary file, removed unless it was renamed into place: also when the write is
+/// given up on (the store drops a write whose backend stalls).
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn renamed(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -250,8 +277,8 @@ impl Backend for FsBackend {
     ) -> Result<u64, BlobError> {
         let dir = self.existing_container(container).await?;
         let path = Self::object_path(&dir, name)?;
-        let temp = dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-        let mut file = tokio::fs::File::create_new(&temp)
+        let temp = TempFile(dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple())));
+        let mut file = tokio::fs::File::create_new(&temp.0)
             .await
             .map_err(|e| io_error("cannot create the object", e))?;
         let written = async {
@@ -270,17 +297,12 @@ impl Backend for FsBackend {
         }
         .await;
         drop(file);
-        let renamed = match written {
-            Ok(size) => tokio::fs::rename(&temp, &path)
-                .await
-                .map(|()| size)
-                .map_err(|e| io_error("cannot write the object", e)),
-            Err(e) => Err(e),
-        };
-        if renamed.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
-        renamed
+        let size = written?;
+        tokio::fs::rename(&temp.0, &path)
+            .await
+            .map_err(|e| io_error("cannot write the object", e))?;
+        temp.renamed();
+        Ok(size)
     }
 
     async fn delete_object(&self, container: &str, name: &str) -> Result<(), BlobError> {

@@ -23,12 +23,12 @@
 use super::backend::{BlobError, ByteStream, Read};
 use super::{NO_STORE, Op, Store};
 use crate::metrics::Metrics;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, InputStream, OutputStream, Pollable};
 use wasmtime_wasi::p2::{StreamError, StreamResult};
@@ -56,8 +56,13 @@ pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// The most bytes one guest write may carry (what `check-write` allows).
 pub const WRITE_CHUNK: usize = 64 << 10;
 
-/// Outgoing values one request may have at once.
+/// Outgoing values one request may have at once, counting writes still running after their
+/// value is gone. One more traps the guest (`new-outgoing-value` has no error to return).
 pub const MAX_OPEN_VALUES: usize = 16;
+
+/// Incoming values and name listings one request may have open at once (each may hold a file
+/// or a connection).
+pub const MAX_OPEN_READS: usize = 16;
 
 /// Names one `read-stream-object-names` call returns at most.
 const MAX_NAMES_PER_READ: u64 = super::PAGE_SIZE as u64;
@@ -65,8 +70,10 @@ const MAX_NAMES_PER_READ: u64 = super::PAGE_SIZE as u64;
 /// The blobstore side of one request: the route's store, and what the request holds.
 pub struct RequestState {
     store: Option<Arc<Store>>,
-    /// Outgoing values not yet finished or dropped.
-    open_values: usize,
+    /// Outgoing values, and the writes they started, not yet ended.
+    writes: OpenCount,
+    /// Incoming values and listings not yet dropped.
+    reads: OpenCount,
     /// The most `consume-sync` collects: the route's `max_memory`.
     max_sync_read: u64,
 }
@@ -75,9 +82,35 @@ impl RequestState {
     pub fn new(store: Option<Arc<Store>>, max_sync_read: u64) -> RequestState {
         RequestState {
             store,
-            open_values: 0,
+            writes: OpenCount::default(),
+            reads: OpenCount::default(),
             max_sync_read,
         }
+    }
+}
+
+/// How many of something a request holds open; each is a [`Held`] that gives its place back
+/// when it is dropped, wherever it went (a write's task outlives its value).
+#[derive(Clone, Default)]
+struct OpenCount(Arc<AtomicUsize>);
+
+struct Held(Arc<AtomicUsize>);
+
+impl OpenCount {
+    /// A place, if fewer than `max` are taken.
+    fn take(&self, max: usize) -> Option<Held> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Held(self.0.clone()))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -114,6 +147,7 @@ pub struct Container {
 
 /// A `stream-object-names` resource: a listing, fetched a page at a time.
 pub struct ObjectNames {
+    _held: Held,
     store: Arc<Store>,
     container: String,
     buffered: VecDeque<String>,
@@ -129,8 +163,8 @@ struct ValueState {
     budget: Arc<Semaphore>,
     /// `write-data` took the channel's receiving end.
     attached: AtomicBool,
-    /// `finish` was called: no more writes.
-    finished: AtomicBool,
+    /// `finish` was called, or the value dropped: no more writes.
+    closed: AtomicBool,
 }
 
 /// One message from a guest's value to its write.
@@ -138,6 +172,8 @@ enum Chunk {
     Data(Bytes),
     /// The guest called `finish`: the object is complete.
     End,
+    /// The guest dropped the value: the write is abandoned (its stream may still be open).
+    Abandon,
 }
 
 /// Where a started write reports how it ended: the object's size, or why it failed.
@@ -150,6 +186,8 @@ pub struct OutgoingValue {
     rx: Option<mpsc::UnboundedReceiver<Chunk>>,
     stream_taken: bool,
     state: Arc<ValueState>,
+    /// Its place among the request's writes; goes to the write's task with `write-data`.
+    held: Option<Held>,
     /// The write's outcome, once `write-data` started it.
     outcome: Option<(Arc<Store>, WriteOutcome)>,
 }
@@ -157,6 +195,14 @@ pub struct OutgoingValue {
 /// An `incoming-value` resource: a range of an object, open at the backend.
 pub struct IncomingValue {
     read: Read,
+    held: Held,
+}
+
+fn too_many_reads() -> String {
+    format!(
+        "the guest holds {MAX_OPEN_READS} incoming-values and object-name streams, the most a \
+         request may have open at once: drop one first"
+    )
 }
 
 /// The error a call from a route without a blob store gets, counted.
@@ -285,8 +331,11 @@ impl container::HostContainer for BlobStoreView<'_> {
         end: u64,
     ) -> Result<Resource<IncomingValue>> {
         let (store, container) = self.container(&container)?;
+        let Some(held) = self.state.reads.take(MAX_OPEN_READS) else {
+            return Ok(Err(too_many_reads()));
+        };
         match store.get_data(&container, &name, start, end).await {
-            Ok(read) => Ok(Ok(self.table.push(IncomingValue { read })?)),
+            Ok(read) => Ok(Ok(self.table.push(IncomingValue { read, held })?)),
             Err(e) => Ok(Err(text(e))),
         }
     }
@@ -310,7 +359,10 @@ impl container::HostContainer for BlobStoreView<'_> {
         value.outcome = Some((store.clone(), done_rx));
         let budget = value.state.budget.clone();
         let body = value_body(rx, budget.clone());
+        let held = value.held.take();
         tokio::spawn(async move {
+            // The write counts among the request's until it ends, even if its value is gone.
+            let _held = held;
             let result = store.write_data(&container, &name, body).await;
             // No more room will come: a stream waiting for it wakes up and finds the channel
             // closed.
@@ -325,12 +377,16 @@ impl container::HostContainer for BlobStoreView<'_> {
         container: Resource<Container>,
     ) -> Result<Resource<ObjectNames>> {
         let (store, container) = self.container(&container)?;
+        let Some(held) = self.state.reads.take(MAX_OPEN_READS) else {
+            return Ok(Err(too_many_reads()));
+        };
         // The first page now: a container that does not exist fails here, not later.
         let page = match store.list_objects(&container, None).await {
             Ok(page) => page,
             Err(e) => return Ok(Err(text(e))),
         };
         Ok(Ok(self.table.push(ObjectNames {
+            _held: held,
             store,
             container,
             buffered: page.names.into(),
@@ -460,16 +516,15 @@ impl types::Host for BlobStoreView<'_> {}
 
 impl types::HostOutgoingValue for BlobStoreView<'_> {
     async fn new_outgoing_value(&mut self) -> wasmtime::Result<Resource<OutgoingValue>> {
-        if self.state.open_values >= MAX_OPEN_VALUES {
+        let Some(held) = self.state.writes.take(MAX_OPEN_VALUES) else {
             // The interface gives this function no error to return.
             return Err(wasmtime::format_err!(
-                "the guest holds {MAX_OPEN_VALUES} unfinished outgoing-values, the most a \
-                 request may have at once: finish or drop one first"
+                "the guest holds {MAX_OPEN_VALUES} unfinished outgoing-values or writes, the \
+                 most a request may have at once: finish or drop one first"
             ));
-        }
+        };
         // Unbounded in chunks, bounded in bytes by the budget.
         let (tx, rx) = mpsc::unbounded_channel();
-        self.state.open_values += 1;
         Ok(self.table.push(OutgoingValue {
             tx,
             rx: Some(rx),
@@ -477,8 +532,9 @@ impl types::HostOutgoingValue for BlobStoreView<'_> {
             state: Arc::new(ValueState {
                 budget: Arc::new(Semaphore::new(WRITE_BUFFER_BYTES)),
                 attached: AtomicBool::new(false),
-                finished: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
             }),
+            held: Some(held),
             outcome: None,
         })?)
     }
@@ -501,8 +557,7 @@ impl types::HostOutgoingValue for BlobStoreView<'_> {
 
     async fn finish(&mut self, value: Resource<OutgoingValue>) -> Result<()> {
         let value = self.table.delete(value)?;
-        self.state.open_values = self.state.open_values.saturating_sub(1);
-        value.state.finished.store(true, Ordering::Release);
+        value.state.closed.store(true, Ordering::Release);
         let Some((store, outcome)) = value.outcome else {
             return Ok(Err(
                 "the value was never given to container.write-data, so there is nothing to \
@@ -514,22 +569,22 @@ impl types::HostOutgoingValue for BlobStoreView<'_> {
         // that already failed has closed the channel, and its outcome says why.
         let _ = value.tx.send(Chunk::End);
         drop(value.tx);
-        match tokio::time::timeout(store.timeout(), outcome).await {
-            Ok(Ok(result)) => Ok(result.map(|_| ()).map_err(text)),
-            Ok(Err(_)) => Ok(Err("the write ended without an outcome".to_string())),
-            Err(_) => Ok(Err(format!(
-                "the {} backend did not confirm the write within {} (the store's timeout)",
-                store.kind(),
-                humantime::format_duration(store.timeout())
-            ))),
+        // No timeout of its own: the store fails a write whose backend stalls for longer than
+        // its timeout, so the outcome comes, and it is the truth (a write reported failed is
+        // never committed later).
+        drop(store);
+        match outcome.await {
+            Ok(result) => Ok(result.map(|_| ()).map_err(text)),
+            Err(_) => Ok(Err("the write ended without an outcome".to_string())),
         }
     }
 
     async fn drop(&mut self, value: Resource<OutgoingValue>) -> wasmtime::Result<()> {
-        // Dropped without `finish`: the channel closes without its end mark, and the write
-        // (if one started) is abandoned.
-        self.table.delete(value)?;
-        self.state.open_values = self.state.open_values.saturating_sub(1);
+        // Dropped without `finish`: the write (if one started) is abandoned now, even if the
+        // value's stream is still open, and the stream takes no more.
+        let value = self.table.delete(value)?;
+        value.state.closed.store(true, Ordering::Release);
+        let _ = value.tx.send(Chunk::Abandon);
         Ok(())
     }
 }
@@ -539,7 +594,7 @@ impl types::HostIncomingValue for BlobStoreView<'_> {
         &mut self,
         value: Resource<IncomingValue>,
     ) -> Result<Vec<u8>> {
-        let IncomingValue { read } = self.table.delete(value)?;
+        let IncomingValue { read, held: _held } = self.table.delete(value)?;
         if read.size > self.state.max_sync_read {
             return Ok(Err(format!(
                 "the value is {} bytes, more than the route's max_memory ({} bytes) allows to \
@@ -548,22 +603,24 @@ impl types::HostIncomingValue for BlobStoreView<'_> {
             )));
         }
         let mut body = read.body;
-        let mut data = BytesMut::with_capacity(read.size as usize);
+        // One copy on the host: the list handed to the guest.
+        let mut data = Vec::with_capacity(usize::try_from(read.size).unwrap_or(0));
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(chunk) => data.extend_from_slice(&chunk),
                 Err(e) => return Ok(Err(text(e))),
             }
         }
-        Ok(Ok(data.to_vec()))
+        Ok(Ok(data))
     }
 
     async fn incoming_value_consume_async(
         &mut self,
         value: Resource<IncomingValue>,
     ) -> Result<Resource<DynInputStream>> {
-        let IncomingValue { read } = self.table.delete(value)?;
+        let IncomingValue { read, held } = self.table.delete(value)?;
         let reader: DynInputStream = Box::new(ValueReader {
+            _held: held,
             body: read.body,
             buffer: Bytes::new(),
             end: ReadEnd::Open,
@@ -594,6 +651,7 @@ fn value_body(rx: mpsc::UnboundedReceiver<Chunk>, budget: Arc<Semaphore>) -> Byt
                     Some((Ok(bytes), Some(rx)))
                 }
                 Some(Chunk::End) => None,
+                Some(Chunk::Abandon) => Some((Err(BlobError::Abandoned), None)),
                 None => Some((Err(BlobError::Abandoned), None)),
             }
         }
@@ -629,7 +687,7 @@ impl Pollable for ValueWriter {
 #[async_trait::async_trait]
 impl OutputStream for ValueWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        if self.state.finished.load(Ordering::Acquire) {
+        if self.state.closed.load(Ordering::Acquire) {
             return Err(StreamError::Closed);
         }
         if bytes.len() > WRITE_CHUNK {
@@ -640,10 +698,15 @@ impl OutputStream for ValueWriter {
         if bytes.is_empty() {
             return Ok(());
         }
-        let Ok(room) = self.state.budget.try_acquire_many(bytes.len() as u32) else {
-            return Err(StreamError::trap(
-                "write without room (check-write said less)",
-            ));
+        let room = match self.state.budget.try_acquire_many(bytes.len() as u32) {
+            Ok(room) => room,
+            // The write ended (failed) since check-write: say so, as the next check would.
+            Err(TryAcquireError::Closed) => return Err(Self::stopped()),
+            Err(TryAcquireError::NoPermits) => {
+                return Err(StreamError::trap(
+                    "write without room (check-write said less)",
+                ));
+            }
         };
         // Given back by the write when it reads the chunk.
         room.forget();
@@ -658,7 +721,7 @@ impl OutputStream for ValueWriter {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        if self.state.finished.load(Ordering::Acquire) {
+        if self.state.closed.load(Ordering::Acquire) {
             return Err(StreamError::Closed);
         }
         if self.tx.is_closed() {
@@ -684,6 +747,8 @@ enum ReadEnd {
 
 /// The `input-stream` of an incoming value: one chunk ahead of the guest.
 struct ValueReader {
+    /// Its place among the request's open reads.
+    _held: Held,
     body: ByteStream,
     buffer: Bytes,
     end: ReadEnd,

@@ -301,8 +301,22 @@ impl Store {
         // the object does (what wasmCloud's hosts do, so its components behave the same).
         // (`ByteRange::clamp` makes such a range empty.)
         let range = ByteRange { start, end };
+        let started = Instant::now();
+        let result = self.open_read(container, name, range).await;
+        self.record(Op::GetData, started, &result);
+        result
+    }
+
+    /// Opens a range of an object for reading, within the store's timeout; the stream counts
+    /// the bytes it yields and fails if the backend stalls for longer than the timeout.
+    async fn open_read(
+        self: &Arc<Self>,
+        container: &str,
+        name: &str,
+        range: ByteRange,
+    ) -> Result<backend::Read, BlobError> {
         let read = self
-            .run(Op::GetData, self.backend.read(container, name, range))
+            .timed(self.backend.read(container, name, range))
             .await?;
         let store = self.clone();
         let body = read
@@ -332,30 +346,41 @@ impl Store {
         let started = Instant::now();
         let result = async {
             self.check_name("object", name)?;
-            let limit = self.max_object_size;
-            let store = self.clone();
-            let mut written = 0u64;
-            let body = body
-                .map(move |chunk| {
-                    let bytes = chunk?;
-                    written += bytes.len() as u64;
-                    if written > limit {
-                        return Err(BlobError::Invalid(format!(
-                            "the object is larger than the store's limit of {limit} bytes \
-                             (max_object_size): nothing was written"
-                        )));
-                    }
-                    store.count_bytes(Direction::Write, bytes.len());
-                    Ok(bytes)
-                })
-                .boxed();
-            let (body, progress) = Progress::watch(body);
-            let write = self.backend.write(container, name, body);
-            progress.bound(write, self.timeout, self.timed_out()).await
+            self.write_body(container, name, body).await
         }
         .await;
         self.record(Op::WriteData, started, &result);
         result
+    }
+
+    /// Writes an object from `body`, cut off past `max_object_size`, counting its bytes; fails
+    /// once the backend has held the write up for longer than the store's timeout.
+    async fn write_body(
+        self: &Arc<Self>,
+        container: &str,
+        name: &str,
+        body: ByteStream,
+    ) -> Result<u64, BlobError> {
+        let limit = self.max_object_size;
+        let store = self.clone();
+        let mut written = 0u64;
+        let body = body
+            .map(move |chunk| {
+                let bytes = chunk?;
+                written += bytes.len() as u64;
+                if written > limit {
+                    return Err(BlobError::Invalid(format!(
+                        "the object is larger than the store's limit of {limit} bytes \
+                         (max_object_size): nothing was written"
+                    )));
+                }
+                store.count_bytes(Direction::Write, bytes.len());
+                Ok(bytes)
+            })
+            .boxed();
+        let (body, progress) = Progress::watch(body);
+        let write = self.backend.write(container, name, body);
+        progress.bound(write, self.timeout, self.timed_out()).await
     }
 
     pub async fn delete_object(&self, container: &str, name: &str) -> Result<(), BlobError> {
@@ -389,10 +414,11 @@ impl Store {
         result
     }
 
-    /// Copies an object; the destination is overwritten. A copy streams the object, so it is
-    /// bounded per chunk, not as a whole.
+    /// Copies an object; the destination is overwritten. The service copies it where it can
+    /// (S3), within the store's timeout; otherwise it streams through the gateway, bounded per
+    /// chunk as reads and writes are, and counted as both.
     pub async fn copy_object(
-        &self,
+        self: &Arc<Self>,
         from: (&str, &str),
         to: (&str, &str),
         op: Op,
@@ -408,7 +434,21 @@ impl Store {
                     .await
                     .map(|_| ());
             }
-            self.backend.copy_object(from, to).await?;
+            let in_service =
+                tokio::time::timeout(self.timeout, self.backend.copy_in_service(from, to))
+                    .await
+                    .unwrap_or_else(|_| Some(Err(self.timed_out())));
+            match in_service {
+                Some(result) => result?,
+                None => {
+                    let whole = ByteRange {
+                        start: 0,
+                        end: u64::MAX,
+                    };
+                    let read = self.open_read(from.0, from.1, whole).await?;
+                    self.write_body(to.0, to.1, read.body).await?;
+                }
+            }
             if op == Op::MoveObject {
                 self.timed(self.backend.delete_object(from.0, from.1))
                     .await?;
@@ -610,4 +650,136 @@ fn open_backend(
         }
         BlobBackend::S3 => Arc::new(s3::S3Backend::new(store)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    fn store_on(backend: Arc<dyn Backend>, timeout: &str) -> Arc<Store> {
+        let config: BlobStoreConfig =
+            toml::from_str(&format!("backend = \"memory\"\ntimeout = \"{timeout}\"\n")).unwrap();
+        Arc::new(Store::new("test", &config, backend, &Metrics::new()))
+    }
+
+    /// A guest that sends a chunk, then thinks for `pause`, `count` times.
+    fn slow_guest(count: usize, pause: Duration) -> ByteStream {
+        futures::stream::unfold(0, move |sent| async move {
+            if sent == count {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            Some((Ok(Bytes::from_static(b"chunk")), sent + 1))
+        })
+        .boxed()
+    }
+
+    #[tokio::test]
+    async fn a_guest_slower_than_the_timeout_is_not_a_stalled_backend() {
+        let store = store_on(Arc::new(memory::MemoryBackend::new(1 << 20)), "100ms");
+        store.create_container("c").await.unwrap();
+        let size = store
+            .write_data("c", "x", slow_guest(3, Duration::from_millis(250)))
+            .await
+            .unwrap();
+        assert_eq!(size, 15);
+    }
+
+    /// A backend that takes the first chunk of a write and then never answers again.
+    struct Stalls;
+
+    #[async_trait]
+    impl Backend for Stalls {
+        fn kind(&self) -> &'static str {
+            "stalls"
+        }
+        async fn container_count(&self) -> Result<u64, BlobError> {
+            Ok(0)
+        }
+        async fn create_container(&self, _: &str) -> Result<(), BlobError> {
+            Ok(())
+        }
+        async fn container_info(&self, _: &str) -> Result<ContainerInfo, BlobError> {
+            Ok(ContainerInfo { created_at: 0 })
+        }
+        async fn delete_container(&self, _: &str) -> Result<(), BlobError> {
+            Ok(())
+        }
+        async fn list_objects(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Listing, BlobError> {
+            std::future::pending().await
+        }
+        async fn object_info(&self, _: &str, _: &str) -> Result<ObjectInfo, BlobError> {
+            std::future::pending().await
+        }
+        async fn read(&self, _: &str, _: &str, _: ByteRange) -> Result<backend::Read, BlobError> {
+            std::future::pending().await
+        }
+        async fn write(&self, _: &str, _: &str, mut body: ByteStream) -> Result<u64, BlobError> {
+            let _ = body.next().await;
+            std::future::pending().await
+        }
+        async fn delete_object(&self, _: &str, _: &str) -> Result<(), BlobError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_backend_fails_the_write_and_every_call_within_the_timeout() {
+        let store = store_on(Arc::new(Stalls), "200ms");
+        let started = Instant::now();
+        let error = store
+            .write_data("c", "x", slow_guest(100, Duration::from_millis(1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, BlobError::Unavailable(_)), "{error}");
+        assert!(error.to_string().contains("within 200ms"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        assert!(matches!(
+            store.object_info("c", "x").await,
+            Err(BlobError::Unavailable(_))
+        ));
+        assert!(matches!(
+            store
+                .copy_object(("c", "x"), ("c", "y"), Op::CopyObject)
+                .await,
+            Err(BlobError::Unavailable(_))
+        ));
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_fs_write_given_up_on_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = fs::FsBackend::open(dir.path()).unwrap();
+        backend.create_container("c").await.unwrap();
+        // A guest that sends one chunk and then nothing: the write is dropped mid-way.
+        let body = futures::stream::once(async { Ok(Bytes::from_static(b"half")) })
+            .chain(futures::stream::pending())
+            .boxed();
+        let given_up =
+            tokio::time::timeout(Duration::from_millis(200), backend.write("c", "x", body)).await;
+        assert!(given_up.is_err());
+        let container = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::fs::read_dir(container.path()).unwrap().count(), 0);
+    }
 }

@@ -9,13 +9,16 @@
 //! becomes visible whole, and an abandoned write stays invisible (its chunks so far stay in
 //! the bucket's stream, unreferenced, until the container is deleted: JetStream's client
 //! cannot remove them without knowing their id). The guest's chunks are regrouped into
-//! [`CHUNK`]-byte ones first, because each read of the put's reader becomes one message. Writes
-//! of one name from this process take turns: two puts of one name at once would each keep the
-//! other's chunks (the client purges only the chunks it saw before it started).
+//! [`CHUNK`]-byte ones first, because each read of the put's reader becomes one message. Of two
+//! puts of one name at once, the one that commits last wins, whole; the loser's chunks stay
+//! behind unreferenced (the client purges only the chunks of the object it saw when it
+//! started).
 //!
 //! Object stores have no ranged read: a range read reads the object from its start and
-//! discards what comes before the range. The connection is made on first use and shared
-//! ([`SharedConnection`]); every operation is bounded by the store's timeout.
+//! discards what comes before the range, chunk by chunk (so the store's timeout applies per
+//! chunk, not to the skipping as a whole). An open read of an object that is deleted or
+//! overwritten meanwhile fails (its chunks are purged). The connection is made on first use
+//! and shared ([`SharedConnection`]); every operation is bounded by the store's timeout.
 
 use super::backend::{
     Backend, BlobError, ByteRange, ByteStream, ContainerInfo, Listing, ObjectInfo, Read,
@@ -30,15 +33,12 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 /// The size of the chunks a put sends (the client's default).
 pub const CHUNK: usize = 128 << 10;
-
-/// The lock writes of one name take turns on.
-type WriteTurn = tokio::sync::Mutex<()>;
 
 pub struct NatsBackend {
     url: String,
@@ -47,8 +47,6 @@ pub struct NatsBackend {
     context: SharedConnection<jetstream::Context>,
     /// Open object stores by bucket.
     buckets: Mutex<HashMap<String, ObjectStore>>,
-    /// One lock per name being written, so writes of one name take turns.
-    writing: Mutex<HashMap<(String, String), Weak<WriteTurn>>>,
 }
 
 impl NatsBackend {
@@ -61,7 +59,6 @@ impl NatsBackend {
             timeout,
             context: SharedConnection::new("nats", timeout),
             buckets: Mutex::default(),
-            writing: Mutex::default(),
         }
     }
 
@@ -136,19 +133,6 @@ impl NatsBackend {
             }
         }
     }
-
-    /// The lock that writes of `name` in `container` take turns on.
-    fn write_lock(&self, container: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        writing.retain(|_, lock| lock.strong_count() > 0);
-        let key = (container.to_string(), name.to_string());
-        if let Some(lock) = writing.get(&key).and_then(Weak::upgrade) {
-            return lock;
-        }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        writing.insert(key, Arc::downgrade(&lock));
-        lock
-    }
 }
 
 fn missing_container(container: &str) -> BlobError {
@@ -157,6 +141,19 @@ fn missing_container(container: &str) -> BlobError {
 
 fn missing_object(name: &str) -> BlobError {
     BlobError::NotFound(format!("object `{name}`"))
+}
+
+/// `body` without its first `skip` bytes: the chunks before them come out empty (an empty
+/// chunk is nothing to a reader, but it is progress to a per-chunk timeout).
+fn skip_bytes(body: ByteStream, skip: u64) -> ByteStream {
+    let mut left = skip;
+    body.map_ok(move |mut chunk| {
+        let drop = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+        left -= drop as u64;
+        let _ = chunk.split_to(drop);
+        chunk
+    })
+    .boxed()
 }
 
 /// `body` regrouped into chunks of [`CHUNK`] bytes (the last one shorter).
@@ -280,32 +277,22 @@ impl Backend for NatsBackend {
         };
         let part = range.clamp(object.info.size as u64);
         let size = part.end - part.start;
-        // No ranged reads: skip to the range's start, then read its length. (The caller bounds
-        // each chunk by the store's timeout: a read whose chunks were purged by an overwrite
-        // would otherwise wait for ever.)
-        let skip = part.start;
-        let reader = async move {
-            let mut object = object;
-            tokio::io::copy(&mut (&mut object).take(skip), &mut tokio::io::sink()).await?;
-            Ok::<_, std::io::Error>(object.take(size))
-        };
-        let body = futures::stream::once(reader)
-            .map_ok(|reader| tokio_util::io::ReaderStream::with_capacity(reader, CHUNK))
-            .try_flatten()
-            .map_err(|e| BlobError::unavailable("nats: read the object", e))
-            .boxed();
+        // No ranged reads: the object from its start, the bytes before the range dropped. Every
+        // chunk is an item of the stream, skipped or not, so the caller's per-chunk timeout
+        // applies to each (a read whose chunks were purged by an overwrite would otherwise wait
+        // for ever).
+        let chunks = tokio_util::io::ReaderStream::with_capacity(object.take(part.end), CHUNK)
+            .map_err(|e| BlobError::unavailable("nats: read the object", e));
         let body = if size == 0 {
             futures::stream::empty().boxed()
         } else {
-            body
+            skip_bytes(chunks.boxed(), part.start)
         };
         Ok(Read { size, body })
     }
 
     async fn write(&self, container: &str, name: &str, body: ByteStream) -> Result<u64, BlobError> {
         let store = self.store(container).await?;
-        let lock = self.write_lock(container, name);
-        let _turn = lock.lock().await;
         let mut reader = tokio_util::io::StreamReader::new(
             rechunk(body).map_err(|e: BlobError| std::io::Error::other(e)),
         );
@@ -356,5 +343,19 @@ mod tests {
         ]);
         let result: Result<Vec<Bytes>, BlobError> = rechunk(broken.boxed()).try_collect().await;
         assert_eq!(result, Err(BlobError::Abandoned));
+    }
+
+    #[tokio::test]
+    async fn skipping_drops_whole_chunks_and_a_part_of_one() {
+        let chunks: Vec<Result<Bytes, BlobError>> =
+            vec![Ok("abc".into()), Ok("def".into()), Ok("ghi".into())];
+        let read: Vec<Bytes> = skip_bytes(futures::stream::iter(chunks).boxed(), 4)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            read,
+            vec![Bytes::new(), Bytes::from("ef"), Bytes::from("ghi")]
+        );
     }
 }

@@ -143,11 +143,62 @@ impl S3Backend {
     }
 }
 
-/// An `object_store` error as a backend error: a missing key is `not_found`.
-fn failed(what: &str, found: impl FnOnce() -> String, error: object_store::Error) -> BlobError {
+/// An `object_store` error as a backend error. A 404 outside a lookup (a bucket that does not
+/// exist, say) is the service failing, not a missing object: the lookups match `NotFound`
+/// themselves.
+fn failed(what: &str, error: object_store::Error) -> BlobError {
+    BlobError::unavailable(format!("s3: {what}"), error)
+}
+
+/// A lookup's error: a missing key is `not_found`.
+fn lookup_failed(
+    what: &str,
+    found: impl FnOnce() -> String,
+    error: object_store::Error,
+) -> BlobError {
     match error {
         object_store::Error::NotFound { .. } => BlobError::NotFound(found()),
-        other => BlobError::unavailable(format!("s3: {what}"), other),
+        other => failed(what, other),
+    }
+}
+
+/// A multipart upload that is aborted unless it was completed: also when the write is given up
+/// on (the store drops a write whose backend stalls), so no parts are left behind.
+struct Upload(Option<WriteMultipart>);
+
+impl Upload {
+    fn writer(&mut self) -> &mut WriteMultipart {
+        // Present until `finish` or `abort` takes it, and both consume the upload.
+        self.0.as_mut().expect("the upload is under way")
+    }
+
+    async fn finish(mut self) -> object_store::Result<()> {
+        match self.0.take() {
+            Some(writer) => writer.finish().await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    async fn abort(mut self) {
+        if let Some(writer) = self.0.take()
+            && let Err(e) = writer.abort().await
+        {
+            tracing::warn!(error = %e, "s3: could not abort an abandoned upload");
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(error = %e, "s3: could not abort an abandoned upload");
+                }
+            });
+        }
     }
 }
 
@@ -179,7 +230,7 @@ impl Backend for S3Backend {
             .s3
             .list_with_delimiter(prefix.as_ref())
             .await
-            .map_err(|e| failed("list the containers", String::new, e))?;
+            .map_err(|e| failed("list the containers", e))?;
         Ok(listed.common_prefixes.len() as u64)
     }
 
@@ -209,22 +260,20 @@ impl Backend for S3Backend {
                     .put(&marker, PutPayload::from_static(b""))
                     .await
                     .map(|_| ())
-                    .map_err(|e| failed("create the container", String::new, e))
+                    .map_err(|e| failed("create the container", e))
             }
             Err(e) => Err(failed(
                 &format!("create the container (bucket `{}`)", self.bucket),
-                String::new,
                 e,
             )),
         }
     }
 
     async fn container_info(&self, container: &str) -> Result<ContainerInfo, BlobError> {
-        let meta = self
-            .s3
-            .head(&self.marker(container)?)
-            .await
-            .map_err(|e| failed("read the container", missing_container(container), e))?;
+        let meta =
+            self.s3.head(&self.marker(container)?).await.map_err(|e| {
+                lookup_failed("read the container", missing_container(container), e)
+            })?;
         Ok(ContainerInfo {
             created_at: written_at(&meta),
         })
@@ -232,12 +281,21 @@ impl Backend for S3Backend {
 
     async fn delete_container(&self, container: &str) -> Result<(), BlobError> {
         self.check_container(container).await?;
-        let keys = self.keys(container)?;
-        let mut deleted = self.s3.delete_stream(keys);
+        // The objects first, the marker last: a container whose deletion failed halfway still
+        // exists, with what is left of it.
+        let marker = self.marker(container)?;
+        let objects = self
+            .keys(container)?
+            .try_filter(move |key| std::future::ready(*key != marker))
+            .boxed();
+        let mut deleted = self.s3.delete_stream(objects);
         while let Some(result) = deleted.next().await {
-            result.map_err(|e| failed("delete the container", String::new, e))?;
+            result.map_err(|e| failed("delete the container", e))?;
         }
-        Ok(())
+        self.s3
+            .delete(&self.marker(container)?)
+            .await
+            .map_err(|e| failed("delete the container", e))
     }
 
     async fn list_objects(
@@ -261,7 +319,7 @@ impl Backend for S3Backend {
                 },
             )
             .await
-            .map_err(|e| failed("list the container", missing_container(container), e))?;
+            .map_err(|e| lookup_failed("list the container", missing_container(container), e))?;
         let names = page
             .result
             .objects
@@ -288,7 +346,7 @@ impl Backend for S3Backend {
                 self.check_container(container).await?;
                 Err(BlobError::NotFound(missing_object(name)()))
             }
-            Err(e) => Err(failed("read the object", String::new, e)),
+            Err(e) => Err(failed("read the object", e)),
         }
     }
 
@@ -316,7 +374,7 @@ impl Backend for S3Backend {
                 self.check_container(container).await?;
                 return Err(BlobError::NotFound(missing_object(name)()));
             }
-            Err(e) => return Err(failed("read the object", String::new, e)),
+            Err(e) => return Err(failed("read the object", e)),
         };
         let size = result.range.end - result.range.start;
         let body = result
@@ -351,54 +409,65 @@ impl Backend for S3Backend {
             self.s3
                 .put(&key, PutPayload::from_bytes(first.freeze()))
                 .await
-                .map_err(|e| failed("write the object", String::new, e))?;
+                .map_err(|e| failed("write the object", e))?;
             return Ok(size);
         }
         let upload = self
             .s3
             .put_multipart(&key)
             .await
-            .map_err(|e| failed("start the upload", String::new, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            .map_err(|e| failed("start the upload", e))?;
+        let mut upload = Upload(Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)));
         let mut size = first.len() as u64;
-        writer.put(first.freeze());
+        upload.writer().put(first.freeze());
         let sent: Result<(), BlobError> = async {
             while let Some(chunk) = body.next().await {
                 let chunk: Bytes = chunk?;
-                writer
+                upload
+                    .writer()
                     .wait_for_capacity(PARTS_IN_FLIGHT)
                     .await
-                    .map_err(|e| failed("upload a part", String::new, e))?;
+                    .map_err(|e| failed("upload a part", e))?;
                 size += chunk.len() as u64;
-                writer.put(chunk);
+                upload.writer().put(chunk);
             }
             Ok(())
         }
         .await;
         match sent {
-            Ok(()) => writer
+            Ok(()) => upload
                 .finish()
                 .await
-                .map(|_| size)
-                .map_err(|e| failed("complete the upload", String::new, e)),
+                .map(|()| size)
+                .map_err(|e| failed("complete the upload", e)),
             Err(e) => {
                 // Nothing becomes visible; the parts sent so far are discarded.
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(error = %abort, "s3: could not abort an abandoned upload");
-                }
+                upload.abort().await;
                 Err(e)
             }
         }
     }
 
     async fn delete_object(&self, container: &str, name: &str) -> Result<(), BlobError> {
-        self.check_container(container).await?;
+        // No look at the container first: deleting what is not there succeeds anyway, and
+        // `clear` deletes object after object.
         self.s3
             .delete(&self.object_key(container, name)?)
             .await
-            .map_err(|e| failed("delete the object", String::new, e))
+            .map_err(|e| failed("delete the object", e))
     }
 
+    async fn copy_in_service(
+        &self,
+        from: (&str, &str),
+        to: (&str, &str),
+    ) -> Option<Result<(), BlobError>> {
+        Some(self.copy_object(from, to).await)
+    }
+}
+
+impl S3Backend {
+    /// A copy inside S3 (`CopyObject`): the bytes never reach the gateway.
     async fn copy_object(&self, from: (&str, &str), to: (&str, &str)) -> Result<(), BlobError> {
         self.check_container(to.0).await?;
         let source = self.object_key(from.0, from.1)?;
@@ -409,7 +478,7 @@ impl Backend for S3Backend {
                 self.check_container(from.0).await?;
                 Err(BlobError::NotFound(missing_object(from.1)()))
             }
-            Err(e) => Err(failed("copy the object", String::new, e)),
+            Err(e) => Err(failed("copy the object", e)),
         }
     }
 }
