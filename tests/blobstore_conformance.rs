@@ -595,3 +595,41 @@ async fn memory_stays_within_its_total_size() {
     store.delete_object("c", "b").await.unwrap();
     put(&store, "c", "b", &[0u8; 10_000]).await;
 }
+
+conformance!(
+    range_reads_deep_in_large_objects,
+    |store: Arc<Store>| async move {
+        store.create_container("c").await.unwrap();
+        // Two objects written at once, so that a backend that stores chunks in one log (NATS)
+        // interleaves them, and one written alone.
+        let object = |seed: u32| -> Vec<u8> {
+            (0..1_500_000u32)
+                .map(|i| ((i * 7 + seed) % 251) as u8)
+                .collect()
+        };
+        let (a, b, alone) = (object(1), object(2), object(3));
+        let (wa, wb) = tokio::join!(
+            store.write_data("c", "a", bytes_of(&a, 4096)),
+            store.write_data("c", "b", bytes_of(&b, 4096)),
+        );
+        wa.unwrap();
+        wb.unwrap();
+        put(&store, "c", "alone", &alone).await;
+        for (name, data) in [("a", &a), ("b", &b), ("alone", &alone)] {
+            for (start, end) in [
+                (0, 99),
+                (131_071, 131_072),
+                (500_000, 600_000),
+                (1_400_000, 2_000_000),
+                (1_499_999, 1_499_999),
+            ] {
+                let end_excl = (end + 1).min(data.len() as u64) as usize;
+                assert_eq!(
+                    read(&store, "c", name, start, end).await,
+                    &data[start as usize..end_excl],
+                    "{name} {start}..={end}"
+                );
+            }
+        }
+    }
+);

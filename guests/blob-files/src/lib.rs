@@ -11,6 +11,12 @@
 //! * `GET /files/CONTAINER`: the container's object names, one per line, sorted.
 //! * `DELETE /files/CONTAINER`: deletes the container and its objects; 204.
 //!
+//! The rest of the interface: `GET /files/CONTAINER/NAME?exists=1` (`has-object`),
+//! `POST /files/CONTAINER/NAME?copy-to=C2/N2` or `?move-to=C2/N2`, `POST
+//! /files/CONTAINER?delete=A,B` (`delete-objects`), `DELETE /files/CONTAINER?clear=1`,
+//! `GET /files/CONTAINER?info=1` (`name`, `info`) and `GET /files/CONTAINER?skip=N`
+//! (`skip-stream-object-names`).
+//!
 //! For the tests of the host's side: `PUT ...?mode=data-last` writes the bytes before
 //! `write-data`, `PUT ...?mode=abandon` drops the value without `finish` while its stream is
 //! still open (202), `GET ...?sync=1` reads with `consume-sync`, and
@@ -298,6 +304,10 @@ fn range(request: &IncomingRequest, size: u64) -> std::result::Result<Option<(u6
 fn get(request: IncomingRequest, container: &str, name: &str) -> Result<Answer> {
     let head = matches!(request.method(), Method::Head);
     let container = store(blobstore::get_container(&container.to_string()))?;
+    if query_flag(&request, "exists") {
+        let exists = store(container.has_object(&name.to_string()))?;
+        return Ok(Answer::Text(200, format!("{exists}\n")));
+    }
     let info = store(container.object_info(&name.to_string()))?;
     let (status, start, end) = match range(&request, info.size) {
         Ok(None) => (200, 0, info.size.saturating_sub(1)),
@@ -332,9 +342,37 @@ fn get(request: IncomingRequest, container: &str, name: &str) -> Result<Answer> 
     Ok(Answer::Stream(status, fields, input))
 }
 
-fn list(container: &str) -> Result<Answer> {
+fn list(request: &IncomingRequest, container: &str) -> Result<Answer> {
     let container = store(blobstore::get_container(&container.to_string()))?;
+    if query_flag(request, "info") {
+        let info = store(container.info())?;
+        let name = store(container.name())?;
+        return Ok(Answer::Text(
+            200,
+            format!(
+                "container {name} ({}), created at {}\n",
+                info.name, info.created_at
+            ),
+        ));
+    }
     let names = store(container.list_objects())?;
+    let skip: u64 = query_number(request, "skip", 0).map_err(Failure::BadRequest)?;
+    if skip > 0 {
+        let (skipped, _) = store(names.skip_stream_object_names(skip))?;
+        // The order is the store's: the names after the skipped ones, as they come.
+        let mut rest = Vec::new();
+        loop {
+            let (page, end) = store(names.read_stream_object_names(1000))?;
+            rest.extend(page);
+            if end {
+                break;
+            }
+        }
+        return Ok(Answer::Text(
+            200,
+            format!("skipped {skipped}, then {}\n", rest.len()),
+        ));
+    }
     let mut all = Vec::new();
     loop {
         let (page, end) = store(names.read_stream_object_names(1000))?;
@@ -349,6 +387,57 @@ fn list(container: &str) -> Result<Answer> {
         body.push('\n');
     }
     Ok(Answer::Text(200, body))
+}
+
+/// `POST /files/CONTAINER/NAME?copy-to=C2/N2` (or `move-to`): copies (moves) the object.
+fn copy(request: &IncomingRequest, container: &str, name: &str) -> Result<Answer> {
+    let (target, moving) = match (
+        request_query_param(request, "copy-to"),
+        request_query_param(request, "move-to"),
+    ) {
+        (Some(target), None) => (target, false),
+        (None, Some(target)) => (target, true),
+        _ => return Err(Failure::BadRequest("give copy-to or move-to".into())),
+    };
+    let Some((to_container, to_name)) = target.split_once('/') else {
+        return Err(Failure::BadRequest("the target is CONTAINER/NAME".into()));
+    };
+    let src = types::ObjectId {
+        container: container.to_string(),
+        object: name.to_string(),
+    };
+    let dest = types::ObjectId {
+        container: to_container.to_string(),
+        object: to_name.to_string(),
+    };
+    if moving {
+        store(blobstore::move_object(&src, &dest))?;
+    } else {
+        store(blobstore::copy_object(&src, &dest))?;
+    }
+    Ok(Answer::Text(204, String::new()))
+}
+
+/// `POST /files/CONTAINER?delete=A,B`: `delete-objects`; `?values=N`: see [`hold_values`].
+fn post_container(request: &IncomingRequest, container: &str) -> Result<Answer> {
+    let Some(names) = request_query_param(request, "delete") else {
+        return hold_values(request);
+    };
+    let container = store(blobstore::get_container(&container.to_string()))?;
+    let names: Vec<String> = names.split(',').map(str::to_string).collect();
+    store(container.delete_objects(&names))?;
+    Ok(Answer::Text(204, String::new()))
+}
+
+/// `DELETE /files/CONTAINER`: deletes it; with `?clear=1`, empties it instead.
+fn delete_container(request: &IncomingRequest, container: &str) -> Result<Answer> {
+    if query_flag(request, "clear") {
+        let found = store(blobstore::get_container(&container.to_string()))?;
+        store(found.clear())?;
+    } else {
+        store(blobstore::delete_container(&container.to_string()))?;
+    }
+    Ok(Answer::Text(204, String::new()))
 }
 
 /// `POST /files/CONTAINER?values=N`: makes N outgoing values and holds them all until the
@@ -381,10 +470,10 @@ impl Guest for BlobFiles {
             (Method::Delete, [container, name]) => store(blobstore::get_container(container))
                 .and_then(|c| store(c.delete_object(name)))
                 .map(|()| Answer::Text(204, String::new())),
-            (Method::Get, [container]) => list(container),
-            (Method::Post, [_]) => hold_values(&request),
-            (Method::Delete, [container]) => store(blobstore::delete_container(container))
-                .map(|()| Answer::Text(204, String::new())),
+            (Method::Get, [container]) => list(&request, container),
+            (Method::Post, [container]) => post_container(&request, container),
+            (Method::Post, [container, name]) => copy(&request, container, name),
+            (Method::Delete, [container]) => delete_container(&request, container),
             _ => Ok(Answer::Text(404, "not found\n".into())),
         };
         match result {

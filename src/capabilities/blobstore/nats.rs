@@ -14,10 +14,12 @@
 //! behind unreferenced (the client purges only the chunks of the object it saw when it
 //! started).
 //!
-//! Object stores have no ranged read: a range read reads the object from its start and
-//! discards what comes before the range, chunk by chunk (so the store's timeout applies per
-//! chunk, not to the skipping as a whole). An open read of an object that is deleted or
-//! overwritten meanwhile fails (its chunks are purged). The connection is made on first use
+//! Reads fetch the object's chunks one at a time from the bucket's stream ([`Chunks`]), so a
+//! read holds one chunk however slowly the guest takes them (the object store's own reader
+//! buffers tens of MiB ahead). A range read starts at the range's chunk when the object's chunks
+//! lie consecutively and full in the stream (as this backend writes them), else it walks the
+//! chunks from the first, dropping those before the range. An open read of an object that is
+//! deleted or overwritten meanwhile fails (its chunks are purged). The connection is made on first use
 //! and shared ([`SharedConnection`]); every operation is bounded by the store's timeout.
 
 use super::backend::{
@@ -27,15 +29,14 @@ use super::names::{self, Escape};
 use super::unix_seconds;
 use crate::capabilities::keyvalue::connect::SharedConnection;
 use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::object_store::{self, GetErrorKind, InfoErrorKind, ObjectStore};
+use async_nats::jetstream::object_store::{self, InfoErrorKind, ObjectStore};
 use async_nats::jetstream::{self, ErrorCode};
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
 /// The size of the chunks a put sends (the client's default).
 pub const CHUNK: usize = 128 << 10;
@@ -143,17 +144,119 @@ fn missing_object(name: &str) -> BlobError {
     BlobError::NotFound(format!("object `{name}`"))
 }
 
-/// `body` without its first `skip` bytes: the chunks before them come out empty (an empty
-/// chunk is nothing to a reader, but it is progress to a per-chunk timeout).
-fn skip_bytes(body: ByteStream, skip: u64) -> ByteStream {
-    let mut left = skip;
-    body.map_ok(move |mut chunk| {
-        let drop = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
-        left -= drop as u64;
-        let _ = chunk.split_to(drop);
-        chunk
-    })
-    .boxed()
+/// An object's chunks, fetched one at a time from its bucket's stream (direct gets), so a read
+/// holds one chunk however slowly its reader goes, and a range read starts at the range's chunk
+/// when it can find it without reading the ones before.
+struct Chunks {
+    stream: jetstream::stream::Stream,
+    subject: String,
+    /// The sequence of the next chunk, when the chunks are known to be consecutive; otherwise
+    /// the sequence to look for the next chunk from.
+    next: u64,
+    consecutive: bool,
+    /// The object offset of the next chunk's first byte.
+    offset: u64,
+    /// Bytes of the next chunk to drop (the range starts inside it).
+    skip: u64,
+}
+
+impl Chunks {
+    /// Positions a read at `start`. The chunks of an object are consecutive in the stream unless
+    /// another put wrote between them; when they are, and all but the last are full (as this
+    /// backend writes them), the chunk holding `start` is found by arithmetic.
+    async fn locate(
+        stream: jetstream::stream::Stream,
+        bucket: &str,
+        info: &object_store::ObjectInfo,
+        start: u64,
+    ) -> Result<Chunks, BlobError> {
+        let failed = |e| BlobError::unavailable("nats: read the object", e);
+        let subject = format!("$O.{bucket}.C.{}", info.nuid);
+        let first = stream
+            .direct_get_first_for_subject(subject.as_str())
+            .await
+            .map_err(failed)?;
+        let mut chunks = Chunks {
+            stream,
+            subject,
+            next: first.sequence,
+            consecutive: false,
+            offset: 0,
+            skip: start,
+        };
+        let max = info
+            .options
+            .as_ref()
+            .and_then(|o| o.max_chunk_size)
+            .unwrap_or(CHUNK) as u64;
+        if info.chunks > 1 && start >= max {
+            let last = chunks
+                .stream
+                .direct_get_last_for_subject(chunks.subject.as_str())
+                .await
+                .map_err(failed)?;
+            let count = info.chunks as u64;
+            chunks.consecutive = last.sequence - first.sequence + 1 == count
+                && info.size as u64 - last.payload.len() as u64 == (count - 1) * max;
+            if chunks.consecutive {
+                let index = start / max;
+                chunks.next = first.sequence + index;
+                chunks.offset = index * max;
+                chunks.skip = start - chunks.offset;
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// The chunk at or after `next`.
+    async fn fetch(&mut self) -> Result<Bytes, BlobError> {
+        let message = if self.consecutive {
+            self.stream.direct_get(self.next).await
+        } else {
+            self.stream
+                .direct_get_next_for_subject(self.subject.as_str(), Some(self.next))
+                .await
+        };
+        let message = message.map_err(|e| {
+            BlobError::unavailable(
+                "nats: read the object (deleted or overwritten while it was read?)",
+                e,
+            )
+        })?;
+        if message.subject.as_str() != self.subject {
+            return Err(BlobError::Unavailable(
+                "nats: the object changed while it was read".into(),
+            ));
+        }
+        self.next = message.sequence + 1;
+        Ok(message.payload)
+    }
+
+    /// The bytes up to `end` (exclusive), chunk by chunk.
+    fn body(self, end: u64) -> ByteStream {
+        futures::stream::try_unfold(self, move |mut chunks| async move {
+            if chunks.offset >= end {
+                return Ok(None);
+            }
+            let mut chunk = chunks.fetch().await?;
+            if chunk.is_empty() {
+                return Err(BlobError::Unavailable(
+                    "nats: the object ended early".into(),
+                ));
+            }
+            let at = chunks.offset;
+            chunks.offset += chunk.len() as u64;
+            let skip = usize::try_from(chunks.skip)
+                .unwrap_or(usize::MAX)
+                .min(chunk.len());
+            chunks.skip -= skip as u64;
+            let _ = chunk.split_to(skip);
+            let keep = usize::try_from(end.saturating_sub(at + skip as u64)).unwrap_or(usize::MAX);
+            chunk.truncate(keep);
+            Ok(Some((chunk, chunks)))
+        })
+        .boxed()
+    }
 }
 
 /// `body` regrouped into chunks of [`CHUNK`] bytes (the last one shorter).
@@ -270,25 +373,31 @@ impl Backend for NatsBackend {
 
     async fn read(&self, container: &str, name: &str, range: ByteRange) -> Result<Read, BlobError> {
         let store = self.store(container).await?;
-        let object = match store.get(name).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == GetErrorKind::NotFound => return Err(missing_object(name)),
+        let info = match store.info(name).await {
+            Ok(info) if !info.deleted => info,
+            Ok(_) => return Err(missing_object(name)),
+            Err(e) if e.kind() == InfoErrorKind::NotFound => return Err(missing_object(name)),
             Err(e) => return Err(BlobError::unavailable("nats: read the object", e)),
         };
-        let part = range.clamp(object.info.size as u64);
+        let part = range.clamp(info.size as u64);
         let size = part.end - part.start;
-        // No ranged reads: the object from its start, the bytes before the range dropped. Every
-        // chunk is an item of the stream, skipped or not, so the caller's per-chunk timeout
-        // applies to each (a read whose chunks were purged by an overwrite would otherwise wait
-        // for ever).
-        let chunks = tokio_util::io::ReaderStream::with_capacity(object.take(part.end), CHUNK)
-            .map_err(|e| BlobError::unavailable("nats: read the object", e));
-        let body = if size == 0 {
-            futures::stream::empty().boxed()
-        } else {
-            skip_bytes(chunks.boxed(), part.start)
-        };
-        Ok(Read { size, body })
+        if size == 0 {
+            return Ok(Read {
+                size,
+                body: futures::stream::empty().boxed(),
+            });
+        }
+        let context = self.context().await?;
+        let bucket = self.bucket(container);
+        let stream = context
+            .get_stream(format!("OBJ_{bucket}"))
+            .await
+            .map_err(|e| BlobError::unavailable("nats: read the object", e))?;
+        let chunks = Chunks::locate(stream, &bucket, &info, part.start).await?;
+        Ok(Read {
+            size,
+            body: chunks.body(part.end),
+        })
     }
 
     async fn write(&self, container: &str, name: &str, body: ByteStream) -> Result<u64, BlobError> {
@@ -325,7 +434,6 @@ impl Backend for NatsBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[tokio::test]
     async fn small_chunks_are_regrouped_into_full_ones() {
@@ -343,19 +451,5 @@ mod tests {
         ]);
         let result: Result<Vec<Bytes>, BlobError> = rechunk(broken.boxed()).try_collect().await;
         assert_eq!(result, Err(BlobError::Abandoned));
-    }
-
-    #[tokio::test]
-    async fn skipping_drops_whole_chunks_and_a_part_of_one() {
-        let chunks: Vec<Result<Bytes, BlobError>> =
-            vec![Ok("abc".into()), Ok("def".into()), Ok("ghi".into())];
-        let read: Vec<Bytes> = skip_bytes(futures::stream::iter(chunks).boxed(), 4)
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(
-            read,
-            vec![Bytes::new(), Bytes::from("ef"), Bytes::from("ghi")]
-        );
     }
 }
