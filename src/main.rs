@@ -32,6 +32,13 @@ enum Command {
         /// The config file.
         #[arg(default_value = "config/wasmgate.toml")]
         config: PathBuf,
+        /// Listen here instead of `[server] listen` (the listener used when the config has no
+        /// `[[listener]]` tables).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Serve the admin endpoints here instead of `[admin] listen`.
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Validate a config file without serving: parse it, load and type-check every component.
     ///
@@ -50,6 +57,16 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: std::net::SocketAddr,
     },
+    /// Ask a running gateway whether it is ready (`GET /readyz` on its admin port): for
+    /// container health checks in images without curl.
+    ///
+    /// Exits zero when the gateway answers 200, non-zero otherwise (not ready, draining, or not
+    /// reachable within two seconds).
+    Health {
+        /// The gateway's admin address (`[admin] listen`).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -61,9 +78,20 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve(config, cli.log_format),
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => {
+            wasmgate::config::overrides::set_flags(wasmgate::config::overrides::flags(
+                listen.as_deref(),
+                admin_listen.as_deref(),
+            ));
+            serve(config, cli.log_format)
+        }
         Command::Check { config } => check(config, cli.log_format),
         Command::Reload { admin } => reload(admin),
+        Command::Health { admin } => health(admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +141,32 @@ fn reload(admin: std::net::SocketAddr) -> anyhow::Result<()> {
     })?;
     print!("{text}");
     anyhow::ensure!(status.is_success(), "the reload was not applied ({status})");
+    Ok(())
+}
+
+fn health(admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let status = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let request = http::Request::get(format!("http://{admin}/readyz"))
+            .body(http_body_util::Empty::new())
+            .context("cannot build the request")?;
+        let response =
+            tokio::time::timeout(std::time::Duration::from_secs(2), client.request(request))
+                .await
+                .with_context(|| {
+                    format!("the gateway's admin port at {admin} did not answer within 2s")
+                })?
+                .with_context(|| format!("cannot reach the gateway's admin port at {admin}"))?;
+        anyhow::Ok(response.status())
+    })?;
+    anyhow::ensure!(status.is_success(), "not ready ({status})");
+    println!("ready");
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! The command line: `check` on good and bad configs, the compile cache, and shutdown.
+//! The command line: `check` on good and bad configs, the compile cache, shutdown, settings
+//! from the environment and flags, and `health`.
 
 mod common;
 
@@ -367,4 +368,100 @@ async fn the_admin_port_is_live_while_components_compile_and_ready_after() {
     // Ready means serving.
     let (status, _, _) = get(&client, &format!("http://127.0.0.1:{public}/e23/x")).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+fn health(admin: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(["health", "--admin", admin])
+        .output()
+        .unwrap()
+}
+
+/// One image, many deployments: the flags and `WASMGATE_SECTION__KEY` variables replace the
+/// file's settings; `health` answers for container health checks.
+#[tokio::test]
+async fn flags_and_environment_variables_override_the_file_and_health_reports_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    // Addresses nobody may bind: only the overrides make this config serve.
+    let config = format!(
+        "[server]\nlisten = \"192.0.2.1:80\"\n[admin]\nlisten = \"192.0.2.1:81\"\n{}",
+        one_route(&toml_path(&guest("hello")))
+    );
+    let mut gw = Gateway::start_in_with(
+        dir,
+        &config,
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[
+            ("WASMGATE_SERVER__LISTEN", "192.0.2.1:82"),
+            ("WASMGATE_SERVER__MAX_REQUEST_BODY", "10"),
+            ("WASMGATE_LOGGING__FORMAT", "json"),
+        ],
+    );
+    let (status, _, text) = get(&http1(), &gw.url("/x")).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::OK, "Hello from wasmgate!\n")
+    );
+    // The environment's body limit applies.
+    let request = Request::post(gw.url("/x"))
+        .body(body("more than ten bytes"))
+        .unwrap();
+    assert_eq!(
+        send(&http1(), request).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert!(
+        gw.output().lines().any(|line| line.starts_with('{')),
+        "json logs"
+    );
+
+    let admin = gw.admin.to_string();
+    let ready = health(&admin);
+    assert!(ready.status.success(), "{ready:?}");
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");
+    gw.terminate();
+    let gone = health(&admin);
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("cannot reach"),
+        "{gone:?}"
+    );
+}
+
+#[test]
+fn a_bad_override_is_an_error_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, one_route(&toml_path(&guest("hello")))).unwrap();
+    for (name, value, expected) in [
+        (
+            "WASMGATE_SERVER__NO_SUCH_KEY",
+            "1",
+            "WASMGATE_SERVER__NO_SUCH_KEY",
+        ),
+        (
+            "WASMGATE_ENGINE__MAX_INSTANCES",
+            "lots",
+            "WASMGATE_ENGINE__MAX_INSTANCES",
+        ),
+        (
+            "WASMGATE_ENGINE__MAX_INSTANCES",
+            "0",
+            "max_instances must be at least 1",
+        ),
+        (
+            "WASMGATE_ROUTES__PATH",
+            "/",
+            "not a section the environment can set",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+            .args(["check", path.to_str().unwrap()])
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}={value} was accepted");
+        assert!(stderr.contains(expected), "{name}={value}: {stderr}");
+    }
 }

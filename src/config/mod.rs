@@ -12,6 +12,7 @@
 pub mod blobstore;
 pub mod listener;
 pub mod middleware;
+pub mod overrides;
 pub mod split;
 pub mod units;
 pub mod upstream;
@@ -509,7 +510,27 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Config::parse(&text, base_dir).with_context(|| format!("in config file {}", path.display()))
+        let environment = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        let overrides = overrides::collect(environment)?;
+        Config::parse_overridden(&text, base_dir, &overrides)
+            .with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses config text with settings from outside the file applied (see [`overrides`]).
+    pub fn parse_overridden(
+        text: &str,
+        base_dir: PathBuf,
+        overrides: &[overrides::Override],
+    ) -> anyhow::Result<Config> {
+        if overrides.is_empty() {
+            return Config::parse(text, base_dir);
+        }
+        let mut config = overrides::parse_with(text, overrides)?;
+        config.base_dir = base_dir;
+        config.check_values()?;
+        Ok(config)
     }
 
     /// Parses config text; relative paths will resolve against `base_dir`.

@@ -150,9 +150,19 @@ impl Gateway {
     /// Starts a gateway on a whole config text written into `dir` (which may hold the files
     /// the config names, such as certificates). `[admin] listen` must be in the text.
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        Gateway::start_in_with(dir, config, &[], &[])
+    }
+
+    /// [`Gateway::start_in`] with extra `serve` arguments and environment variables.
+    pub fn start_in_with(
+        dir: tempfile::TempDir,
+        config: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Gateway {
         let path = dir.path().join("wasmgate.toml");
         std::fs::write(&path, config).expect("write config");
-        Gateway::spawn(&path, dir, Some("info"))
+        Gateway::spawn_with(&path, dir, Some("info"), args, envs)
     }
 
     /// The address of the listener named `name`.
@@ -165,6 +175,16 @@ impl Gateway {
     }
 
     fn spawn(config: &Path, dir: tempfile::TempDir, rust_log: Option<&str>) -> Gateway {
+        Gateway::spawn_with(config, dir, rust_log, &[], &[])
+    }
+
+    fn spawn_with(
+        config: &Path,
+        dir: tempfile::TempDir,
+        rust_log: Option<&str>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Gateway {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmgate"));
         match rust_log {
             Some(filter) => command.env("RUST_LOG", filter),
@@ -172,6 +192,8 @@ impl Gateway {
         };
         let mut child = command
             .args(["serve", config.to_str().expect("utf-8 path")])
+            .args(args)
+            .envs(envs.iter().copied())
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
