@@ -1,25 +1,46 @@
-# wasmgate: build the gateway and the example guests, then ship them on a small non-root image.
+# syntax=docker/dockerfile:1
+# wasmgate: the gateway and the example guests on a small non-root image.
+#
+#   docker build -t wasmgate .
+#   docker run -p 8080:8080 -v wasmgate-data:/app/data wasmgate
+#
+# The runtime stage is replayed without Docker by tests/image.rs (run by .ci/run): the same
+# files in a temporary root, as an unprivileged user, with only the volume writable.
+
 FROM rust:1.95-bookworm AS build
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin wasmgate \
+# The registry and both target directories are cache mounts: a rebuild after a source change
+# recompiles only what changed.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    --mount=type=cache,target=/src/guests/target \
+    cargo build --release --locked --manifest-path guests/Cargo.toml --target wasm32-wasip2 \
+ && WASMGATE_SKIP_GUESTS=1 cargo build --release --locked --bin wasmgate \
  && mkdir -p /out/guests \
  && cp target/release/wasmgate /out/ \
- && cp guests/target/wasm32-wasip2/release/*.wasm /out/guests/ \
- && sed -e 's#127.0.0.1:8080#0.0.0.0:8080#' -e 's#127.0.0.1:9090#0.0.0.0:9090#' \
-        -e 's#\.\./guests/target/wasm32-wasip2/release/#/app/guests/#' \
-        -e 's#\.\./target/wasmgate-cache#/app/cache#' config/wasmgate.toml > /out/wasmgate.toml
+ && cp guests/target/wasm32-wasip2/release/*.wasm /out/guests/
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home /app wasmgate && mkdir -p /app/cache && chown wasmgate /app/cache
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin wasmgate \
+ && mkdir -p /app/data \
+ && chown wasmgate /app/data
 COPY --from=build /out/wasmgate /usr/local/bin/wasmgate
 COPY --from=build /out/guests /app/guests
-COPY --from=build /out/wasmgate.toml /app/wasmgate.toml
-USER wasmgate
+COPY deploy/docker/wasmgate.toml /app/wasmgate.toml
+USER 10001
 WORKDIR /app
+# Every component compiled into the cache (under the volume) now, so a start loads them in
+# milliseconds. On a host whose CPU differs, the cache's compatibility check fails and the
+# gateway compiles them again at start, then rewrites the cache.
+RUN ["wasmgate", "check", "/app/wasmgate.toml"]
+# The only place the gateway writes: the compile cache, the keyvalue file and the blob store.
+VOLUME /app/data
+# 8080 is public; 9090 is the admin port (probes, /metrics, /routes, POST /reload): keep it off
+# the public network (docs/operations.md).
 EXPOSE 8080 9090
-# Compile the components into the cache at build time so the first start is fast.
-RUN wasmgate check /app/wasmgate.toml
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
+  CMD ["wasmgate", "health", "--admin", "127.0.0.1:9090"]
 ENTRYPOINT ["wasmgate"]
 CMD ["serve", "/app/wasmgate.toml"]
