@@ -273,7 +273,23 @@ async fn the_image_runs_as_its_user_with_only_its_volume_writable() {
         std::fs::read_dir(volume.join("cache")).unwrap().count() > 5,
         "the build warmed the compile cache in the volume"
     );
+    // The Kubernetes config, where the Deployment mounts its ConfigMap, loads in the image (its
+    // Redis and NATS stores are not opened by `check`).
+    copy_tree(
+        &Path::new(ROOT_DIR).join("deploy/kubernetes/base/wasmgate.toml"),
+        &image.path("/app/config/wasmgate.toml"),
+        false,
+    );
     read_only_but(image.root.path(), &volume);
+    let checked = image
+        .command(&["wasmgate", "check", "/app/config/wasmgate.toml"].map(String::from))
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "the Kubernetes config: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     let before = files(image.root.path(), &volume);
 
     // The image's own start command, on ports the test picks.
