@@ -1,6 +1,8 @@
 //! The HTTP bodies that cross the gateway.
 //!
 //! * [`ResponseBody`]: what every response carries, whether a guest or the gateway wrote it.
+//! * [`ObservedBody`]: a response body that records its request in the metrics when it ends
+//!   (sent, failed or dropped), so a streamed response's duration covers its whole body.
 //! * [`LimitedBody`]: a request body that fails once it passes `max_request_body` or takes
 //!   longer than `body_read_timeout` to arrive, and records why in a [`CutFlag`], so the caller
 //!   can answer 413 or 408 instead of whatever the guest made of the error.
@@ -140,5 +142,105 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A request in flight, counted in `http_server_active_requests` until this is dropped.
+pub struct ActiveRequest(prometheus::IntGauge);
+
+impl ActiveRequest {
+    pub fn start(gauge: &prometheus::IntGauge) -> ActiveRequest {
+        gauge.inc();
+        ActiveRequest(gauge.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What is recorded of a request when its response ends.
+pub struct Observation {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub route: Arc<str>,
+    pub method: http::Method,
+    pub status: u16,
+    pub started: std::time::Instant,
+    /// Counted as active until the response ends.
+    pub active: Option<ActiveRequest>,
+}
+
+impl Observation {
+    fn record(self) {
+        self.metrics.observe_request(
+            &self.route,
+            &self.method,
+            self.status,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+
+    /// Records `response` now if its body is already complete, else when its body ends.
+    pub fn attach(self, response: http::Response<ResponseBody>) -> http::Response<ResponseBody> {
+        if response.body().is_end_stream() {
+            self.record();
+            return response;
+        }
+        response.map(|inner| {
+            ObservedBody {
+                inner,
+                observation: Some(self),
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+/// A response body that records its request when it ends: sent whole, failed, or dropped by a
+/// client that went away.
+pub struct ObservedBody {
+    inner: ResponseBody,
+    observation: Option<Observation>,
+}
+
+impl ObservedBody {
+    fn end(&mut self) {
+        if let Some(observation) = self.observation.take() {
+            observation.record();
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.end();
     }
 }

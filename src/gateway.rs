@@ -12,13 +12,13 @@
 //! reach routes marked `private`.
 
 use crate::access_log::{self, LoggedBody};
-use crate::body::{BodyCut, CutFlag, LimitedBody, ResponseBody, full};
+use crate::body::{ActiveRequest, BodyCut, CutFlag, LimitedBody, Observation, ResponseBody, full};
 use crate::capabilities::outbound_http::{SelfCalls, SelfDispatch, SelfHandle};
 use crate::config::Config;
 use crate::connection_info::ConnectionInfo;
 use crate::generation::{Backend, Generation, Route, Target};
 use crate::guards;
-use crate::metrics::{GaugeGuard, UNMATCHED_ROUTE};
+use crate::metrics::UNMATCHED_ROUTE;
 use crate::middleware::{self, RouteBody, RouteService};
 use crate::proxy::UpstreamFailure;
 use crate::router::Lookup;
@@ -123,7 +123,7 @@ impl Gateway {
             Err(rejection) => {
                 seen.request_id = new_request_id();
                 let page = error_page(rejection.status(), &seen.request_id, &rejection.to_string());
-                return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
+                return self.finish(&generation, &seen, UNMATCHED_ROUTE.into(), None, page);
             }
         };
         seen.host = host;
@@ -133,12 +133,13 @@ impl Gateway {
         let (route, route_headers) = match choose_route(&generation, &request, &seen, depth) {
             Routed::To(route, headers) => (route, headers),
             Routed::Answered(page) => {
-                return self.finish(&generation, &seen, UNMATCHED_ROUTE, page);
+                return self.finish(&generation, &seen, UNMATCHED_ROUTE.into(), None, page);
             }
         };
         let metrics = route.metrics.clone();
-        // Decremented when this future ends or is dropped (a client that resets or disconnects).
-        let active = GaugeGuard::inc(&metrics.active_requests);
+        // Decremented when the response's body ends, or when this future or that body is
+        // dropped (a client that resets or disconnects).
+        let active = ActiveRequest::start(&metrics.active_requests);
         let limits = generation.limits;
         let http1 = seen.version < http::Version::HTTP_2;
 
@@ -149,7 +150,7 @@ impl Gateway {
         {
             drop(active);
             let page = refuse(request, rate_limited_page(wait, &seen.request_id));
-            return self.finish(&generation, &seen, &metrics.route, page);
+            return self.finish(&generation, &seen, metrics.route.clone(), None, page);
         }
 
         // Body size, by its declared length.
@@ -159,7 +160,7 @@ impl Gateway {
                 request,
                 cut_page(BodyCut::TooLarge, &seen.request_id, http1),
             );
-            return self.finish(&generation, &seen, &metrics.route, page);
+            return self.finish(&generation, &seen, metrics.route.clone(), None, page);
         }
 
         let headers = request.headers_mut();
@@ -200,13 +201,17 @@ impl Gateway {
                 middleware::call(layers, request).await
             }
         };
-        drop(active);
-
         let response = match cut.get() {
             Some(why) => cut_page(why, &seen.request_id, http1),
             None => response,
         };
-        self.finish(&generation, &seen, &metrics.route, response)
+        self.finish(
+            &generation,
+            &seen,
+            metrics.route.clone(),
+            Some(active),
+            response,
+        )
     }
 
     /// The observe stage: records the response in the metrics, adds the request id, and (when
@@ -215,19 +220,23 @@ impl Gateway {
         &self,
         generation: &Generation,
         seen: &Seen,
-        route: &str,
+        route: Arc<str>,
+        active: Option<ActiveRequest>,
         mut response: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
         let status = response.status().as_u16();
-        self.process.metrics().observe_request(
-            route,
-            &seen.method,
-            status,
-            seen.started.elapsed().as_secs_f64(),
-        );
         response
             .headers_mut()
             .insert(REQUEST_ID_HEADER, header_value(&seen.request_id));
+        let observation = Observation {
+            metrics: self.process.metrics().clone(),
+            route: route.clone(),
+            method: seen.method.clone(),
+            status,
+            started: seen.started,
+            active,
+        };
+        let response = observation.attach(response);
         if !generation.access_log {
             return response;
         }
@@ -245,7 +254,7 @@ impl Gateway {
             method: seen.method.clone(),
             host: seen.host.clone(),
             path: seen.path.clone(),
-            route: route.into(),
+            route,
             status,
             request_body_size: seen.request_body_size,
             user_agent: seen.user_agent.clone(),

@@ -100,14 +100,18 @@ impl Metrics {
         let metrics = Metrics {
             request_duration: histogram(
                 "http_server_request_duration_seconds",
-                "Duration of HTTP server requests, until the response headers are sent.",
+                "Duration of HTTP server requests, until the whole response body is sent (or the client went away).",
                 REQUEST_BUCKETS,
-                &["route", "method", "status"],
+                &[
+                    "http_route",
+                    "http_request_method",
+                    "http_response_status_code",
+                ],
             ),
             active_requests: gauge(
                 "http_server_active_requests",
-                "HTTP server requests in flight.",
-                &["route"],
+                "HTTP server requests in flight, until their response body is sent.",
+                &["http_route"],
             ),
             instantiation_duration: histogram(
                 "wasmgate_instantiation_duration_seconds",

@@ -156,7 +156,7 @@ async fn routes_that_differ_by_host_have_their_own_metric_label() {
         metric_value(
             &metrics,
             "http_server_request_duration_seconds_count",
-            &[("route", route), ("status", "200")],
+            &[("http_route", route), ("http_response_status_code", "200")],
         )
     };
     assert_eq!(count("a.example.com/tenant"), Some(1.0), "{metrics}");
@@ -173,7 +173,7 @@ async fn active(gw: &Gateway, route: &str) -> f64 {
     metric_value(
         &gw.metrics().await,
         "http_server_active_requests",
-        &[("route", route)],
+        &[("http_route", route)],
     )
     .unwrap_or(0.0)
 }

@@ -260,7 +260,10 @@ async fn a_rate_limit_answers_429_with_retry_after_per_client_key() {
         metric_value(
             &metrics,
             "http_server_request_duration_seconds_count",
-            &[("route", "/hello"), ("status", "429")]
+            &[
+                ("http_route", "/hello"),
+                ("http_response_status_code", "429")
+            ]
         )
         .unwrap_or(0.0)
             >= 2.0,

@@ -73,9 +73,9 @@ async fn keep_alive_serves_many_requests_on_one_connection() {
         &metrics,
         "http_server_request_duration_seconds_count",
         &[
-            ("route", "/hello/:name"),
-            ("method", "GET"),
-            ("status", "200"),
+            ("http_route", "/hello/:name"),
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "200"),
         ],
     );
     assert_eq!(count, Some(20.0));
@@ -285,7 +285,11 @@ async fn probes_and_metrics_on_the_admin_port() {
         Some(1.0)
     );
     assert_eq!(
-        metric_value(&metrics, "http_server_active_requests", &hello),
+        metric_value(
+            &metrics,
+            "http_server_active_requests",
+            &[("http_route", "/hello/:name")]
+        ),
         Some(0.0)
     );
     assert_eq!(
@@ -296,13 +300,70 @@ async fn probes_and_metrics_on_the_admin_port() {
         metric_value(
             &metrics,
             "http_server_request_duration_seconds_count",
-            &[("route", "unmatched"), ("status", "404")]
+            &[
+                ("http_route", "unmatched"),
+                ("http_response_status_code", "404")
+            ]
         ),
         Some(1.0)
     );
     assert!(
-        !metrics.contains("route=\"/hello/metrics\""),
+        !metrics.contains("route=\"/hello/metrics\"")
+            && !metrics.contains("http_route=\"/hello/metrics\""),
         "the route label is the template, never the path"
     );
     assert!(metrics.contains("wasmgate_build_info{version="));
+}
+
+/// A streamed response is in flight, and its duration runs, until its last byte is sent (the
+/// OpenTelemetry conventions), not only until its headers.
+#[tokio::test]
+async fn a_streamed_response_counts_as_active_and_timed_until_its_body_ends() {
+    let gw = Gateway::start(&routes());
+    let client = http1();
+    let response = send(
+        &client,
+        Request::get(gw.url("/stream?chunks=3&delay_ms=400"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let stream = [("http_route", "/stream")];
+    // Headers are out, the body is still coming.
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "http_server_active_requests", &stream),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "http_server_request_duration_seconds_count",
+            &stream
+        ),
+        None,
+        "not recorded before the body ends"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = gw.metrics().await;
+        let seconds = metric_value(
+            &metrics,
+            "http_server_request_duration_seconds_sum",
+            &stream,
+        );
+        if let Some(seconds) = seconds {
+            assert!(seconds >= 0.8, "the duration covers the body: {seconds}");
+            assert_eq!(
+                metric_value(&metrics, "http_server_active_requests", &stream),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

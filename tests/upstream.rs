@@ -258,7 +258,10 @@ async fn requests_are_rewritten_forwarded_and_kept_alive() {
         metric_value(
             &metrics,
             "http_server_request_duration_seconds_count",
-            &[("route", "/api/..."), ("status", "200")]
+            &[
+                ("http_route", "/api/..."),
+                ("http_response_status_code", "200")
+            ]
         )
         .unwrap_or(0.0)
             >= 42.0
