@@ -385,7 +385,9 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_object() {
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .unwrap();
     let sending = tokio::spawn({
-        let client = client.clone();
+        // A client of its own: the connection of a cut upload must not go back into the pool
+        // the later requests use.
+        let client = http1();
         async move { client.request(upload).await }
     });
     for _ in 0..8 {
@@ -507,7 +509,9 @@ async fn a_backend_lost_mid_upload_fails_the_upload_within_the_timeout() {
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .unwrap();
     let response = tokio::spawn({
-        let client = client.clone();
+        // A client of its own: the connection of a cut upload must not go back into the pool
+        // the later requests use.
+        let client = http1();
         async move { client.request(upload).await }
     });
     // The client keeps sending (1 MiB every 20 ms) for as long as the gateway reads.
