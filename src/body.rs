@@ -173,7 +173,8 @@ pub struct Observation {
 }
 
 impl Observation {
-    fn record(self) {
+    /// Records the request, at the end of its response (or when that was dropped).
+    pub fn record(self) {
         self.metrics.observe_request(
             &self.route,
             &self.method,
@@ -182,19 +183,31 @@ impl Observation {
         );
     }
 
-    /// Records `response` now if its body is already complete, else when its body ends.
-    pub fn attach(self, response: http::Response<ResponseBody>) -> http::Response<ResponseBody> {
+    /// Records the request now if `response`'s body is already complete; otherwise gives the
+    /// observation back, for whoever wraps the body to record when it ends.
+    pub fn unless_complete(self, response: &http::Response<ResponseBody>) -> Option<Observation> {
         if response.body().is_end_stream() {
             self.record();
-            return response;
+            return None;
         }
-        response.map(|inner| {
-            ObservedBody {
-                inner,
-                observation: Some(self),
-            }
-            .boxed_unsync()
-        })
+        Some(self)
+    }
+
+    /// `response` with its body wrapped in an [`ObservedBody`] for `observation`, if any.
+    pub fn attach(
+        observation: Option<Observation>,
+        response: http::Response<ResponseBody>,
+    ) -> http::Response<ResponseBody> {
+        match observation {
+            None => response,
+            Some(observation) => response.map(|inner| {
+                ObservedBody {
+                    inner,
+                    observation: Some(observation),
+                }
+                .boxed_unsync()
+            }),
+        }
     }
 }
 

@@ -85,7 +85,22 @@ impl Gateway {
     }
 
     /// Serves one request from a client; never fails: every problem becomes a status code.
+    /// The request is recorded in the metrics when the response's body ends.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let (response, observation) = self.dispatch_at(request, SelfCalls::default()).await;
+        Observation::attach(observation, response)
+    }
+
+    /// [`Gateway::handle`] for a caller that wraps the response body itself (the listener):
+    /// the observation to record when that body ends, if the body is not complete already.
+    pub async fn handle_observed<B>(
+        &self,
+        request: Request<B>,
+    ) -> (Response<ResponseBody>, Option<Observation>)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -103,7 +118,7 @@ impl Gateway {
         &self,
         mut request: Request<B>,
         calls: SelfCalls,
-    ) -> Response<ResponseBody>
+    ) -> (Response<ResponseBody>, Option<Observation>)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -214,8 +229,9 @@ impl Gateway {
         )
     }
 
-    /// The observe stage: records the response in the metrics, adds the request id, and (when
-    /// the access log is on) wraps the body so the log line is written once it is sent.
+    /// The observe stage: adds the request id, makes the observation that records the request
+    /// in the metrics when the body ends (recorded now if the body is complete), and (when the
+    /// access log is on) wraps the body so the log line is written once it is sent.
     fn finish(
         &self,
         generation: &Generation,
@@ -223,7 +239,7 @@ impl Gateway {
         route: Arc<str>,
         active: Option<ActiveRequest>,
         mut response: Response<ResponseBody>,
-    ) -> Response<ResponseBody> {
+    ) -> (Response<ResponseBody>, Option<Observation>) {
         let status = response.status().as_u16();
         response
             .headers_mut()
@@ -236,9 +252,9 @@ impl Gateway {
             started: seen.started,
             active,
         };
-        let response = observation.attach(response);
+        let observation = observation.unless_complete(&response);
         if !generation.access_log {
-            return response;
+            return (response, observation);
         }
         let entry = access_log::Entry {
             started: seen.started,
@@ -259,7 +275,10 @@ impl Gateway {
             request_body_size: seen.request_body_size,
             user_agent: seen.user_agent.clone(),
         };
-        response.map(|body| LoggedBody::new(body, entry).boxed_unsync())
+        (
+            response.map(|body| LoggedBody::new(body, entry).boxed_unsync()),
+            observation,
+        )
     }
 }
 
@@ -690,7 +709,10 @@ impl SelfDispatch for Gateway {
         let gateway = self.me.upgrade();
         Box::pin(async move {
             let response = match gateway {
-                Some(gateway) => gateway.dispatch_at(request, calls).await,
+                Some(gateway) => {
+                    let (response, observation) = gateway.dispatch_at(request, calls).await;
+                    Observation::attach(observation, response)
+                }
                 None => error_page(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "-",

@@ -21,6 +21,7 @@
 //! HTTP/2 clients that keep their flow-control window shut (no socket write ever waits then).
 
 use crate::body::BoxError;
+use crate::body::Observation;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
@@ -167,16 +168,27 @@ pub struct InFlightBody<B> {
     in_flight: InFlight,
     id: u64,
     waiting: bool,
+    /// Recorded in the metrics when the body ends: here rather than in a wrapper of its own,
+    /// which would box every streamed response once more.
+    observation: Option<Observation>,
 }
 
 impl<B> InFlightBody<B> {
-    pub fn new(inner: B, in_flight: InFlight) -> InFlightBody<B> {
+    pub fn new(inner: B, in_flight: InFlight, observation: Option<Observation>) -> InFlightBody<B> {
         let id = in_flight.0.next_body.fetch_add(1, Ordering::Relaxed);
         InFlightBody {
             inner,
             in_flight,
             id,
             waiting: false,
+            observation,
+        }
+    }
+
+    /// The body ended (sent, failed, or dropped): the request is recorded.
+    fn ended(&mut self) {
+        if let Some(observation) = self.observation.take() {
+            observation.record();
         }
     }
 }
@@ -186,6 +198,7 @@ impl<B> Drop for InFlightBody<B> {
         if self.waiting {
             self.in_flight.0.peer_took(self.id);
         }
+        self.ended();
     }
 }
 
@@ -203,10 +216,17 @@ impl<B: Body<Data = Bytes> + Unpin> Body for InFlightBody<B> {
             this.waiting = false;
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            let bytes = frame.data_ref().map_or(0, Bytes::len);
-            this.in_flight.0.wait_for_peer(this.id, bytes);
-            this.waiting = true;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let bytes = frame.data_ref().map_or(0, Bytes::len);
+                this.in_flight.0.wait_for_peer(this.id, bytes);
+                this.waiting = true;
+                if this.inner.is_end_stream() {
+                    this.ended();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.ended(),
+            Poll::Pending => {}
         }
         polled
     }

@@ -206,8 +206,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
             let gateway = gateway.clone();
             let in_flight = activity.start();
             async move {
-                let response = gateway.handle(request).await;
-                Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
+                let (response, observation) = gateway.handle_observed(request).await;
+                Ok::<_, Infallible>(
+                    response.map(|body| InFlightBody::new(body, in_flight, observation)),
+                )
             }
         })
     };
