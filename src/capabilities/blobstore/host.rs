@@ -90,21 +90,23 @@ impl RequestState {
 }
 
 /// How many of something a request holds open; each is a [`Held`] that gives its place back
-/// when it is dropped, wherever it went (a write's task outlives its value).
-#[derive(Clone, Default)]
-struct OpenCount(Arc<AtomicUsize>);
+/// when it is dropped, wherever it went (a write's task outlives its value). The counter is
+/// made on first use: most requests never touch a blob store.
+#[derive(Default)]
+struct OpenCount(std::sync::OnceLock<Arc<AtomicUsize>>);
 
 struct Held(Arc<AtomicUsize>);
 
 impl OpenCount {
     /// A place, if fewer than `max` are taken.
     fn take(&self, max: usize) -> Option<Held> {
-        self.0
+        let count = self.0.get_or_init(Arc::default);
+        count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Held(self.0.clone()))
+            .map(|_| Held(count.clone()))
     }
 }
 
