@@ -40,7 +40,8 @@ VOLUME /app/data
 # 8080 is public; 9090 is the admin port (probes, /metrics, /routes, POST /reload): keep it off
 # the public network (docs/operations.md).
 EXPOSE 8080 9090
+# Asks /readyz on [admin] listen, or where WASMGATE_ADMIN__LISTEN moved it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
-  CMD ["wasmgate", "health", "--admin", "127.0.0.1:9090"]
+  CMD ["wasmgate", "health"]
 ENTRYPOINT ["wasmgate"]
 CMD ["serve", "/app/wasmgate.toml"]

@@ -63,9 +63,11 @@ enum Command {
     /// Exits zero when the gateway answers 200, non-zero otherwise (not ready, draining, or not
     /// reachable within two seconds).
     Health {
-        /// The gateway's admin address (`[admin] listen`).
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: std::net::SocketAddr,
+        /// The gateway's admin address (`[admin] listen`). Default: `WASMGATE_ADMIN__LISTEN`
+        /// if the environment sets it (an unspecified address such as 0.0.0.0 is asked on
+        /// 127.0.0.1), else 127.0.0.1:9090.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
 }
 
@@ -144,7 +146,25 @@ fn reload(admin: std::net::SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn health(admin: std::net::SocketAddr) -> anyhow::Result<()> {
+/// Where `health` asks: the flag, else the admin address the environment gives the gateway.
+fn health_address(flag: Option<std::net::SocketAddr>) -> anyhow::Result<std::net::SocketAddr> {
+    if let Some(admin) = flag {
+        return Ok(admin);
+    }
+    let Ok(listen) = std::env::var("WASMGATE_ADMIN__LISTEN") else {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 9090)));
+    };
+    let mut admin: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("WASMGATE_ADMIN__LISTEN `{listen}` is not an address"))?;
+    if admin.ip().is_unspecified() {
+        admin.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(admin)
+}
+
+fn health(admin: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let admin = health_address(admin)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

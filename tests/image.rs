@@ -220,6 +220,16 @@ fn replay() -> Image {
     image
 }
 
+/// The image's gateway, stopped however the test ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Every file outside `skip`, with its size.
 fn files(root: &Path, skip: &Path) -> BTreeMap<PathBuf, u64> {
     let mut found = BTreeMap::new();
@@ -296,12 +306,15 @@ async fn the_image_runs_as_its_user_with_only_its_volume_writable() {
     let mut argv = image.entrypoint.clone();
     argv.extend(image.cmd.iter().cloned());
     argv.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"].map(String::from));
-    let mut child = image
-        .command(&argv)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut running = Running(
+        image
+            .command(&argv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut running.0;
     let (tx, rx) = std::sync::mpsc::channel();
     let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     for stream in [
@@ -359,19 +372,13 @@ async fn the_image_runs_as_its_user_with_only_its_volume_writable() {
     let (status, _, text) = read(send(&client, put).await).await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
 
-    // The image's health check, against the admin port the test picked.
-    let health: Vec<String> = image
-        .healthcheck
-        .iter()
-        .map(|arg| {
-            if arg == "127.0.0.1:9090" {
-                admin.to_string()
-            } else {
-                arg.clone()
-            }
-        })
-        .collect();
-    let checked = image.command(&health).output().unwrap();
+    // The image's health check, as given, with the admin port moved the way a deployment
+    // moves it: by the environment.
+    let checked = image
+        .command(&image.healthcheck)
+        .env("WASMGATE_ADMIN__LISTEN", admin.to_string())
+        .output()
+        .unwrap();
     assert!(checked.status.success(), "HEALTHCHECK: {checked:?}");
 
     let _ = Command::new("kill").arg(child.id().to_string()).status();

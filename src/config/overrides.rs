@@ -118,6 +118,9 @@ pub fn flags(listen: Option<&str>, admin_listen: Option<&str>) -> Vec<Override> 
 
 /// Parses the file's text with the overrides applied.
 pub fn parse_with(text: &str, overrides: &[Override]) -> anyhow::Result<super::Config> {
+    // The file on its own first: its mistakes are reported with their line and key, and are
+    // not blamed on the overrides.
+    toml::from_str::<super::Config>(text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut table: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     apply(&mut table, overrides)?;
     toml::Value::Table(table)
@@ -161,6 +164,23 @@ mod tests {
         assert_eq!(
             config.server.trusted_proxies,
             vec!["10.0.0.0/8".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_mistake_in_the_file_keeps_its_line_with_overrides_set() {
+        let overrides = collect(vars(&[("WASMGATE_ENGINE__MAX_INSTANCES", "5")])).unwrap();
+        let error = format!(
+            "{:#}",
+            parse_with("[server]\nlisten = \"127.0.0.1:1\"\nnope = 1\n", &overrides).unwrap_err()
+        );
+        assert!(
+            error.contains("line 3") && error.contains("nope"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("WASMGATE_"),
+            "not blamed on the overrides: {error}"
         );
     }
 
