@@ -238,6 +238,23 @@ impl BlobStoreView<'_> {
         Ok((found.store.clone(), found.name.clone()))
     }
 
+    /// A `container` resource for a container the store just created or found.
+    fn container_handle(
+        &mut self,
+        store: Arc<Store>,
+        name: String,
+        info: std::result::Result<super::backend::ContainerInfo, BlobError>,
+    ) -> Result<Resource<Container>> {
+        match info {
+            Ok(info) => Ok(Ok(self.table.push(Container {
+                store,
+                name,
+                created_at: info.created_at,
+            })?)),
+            Err(e) => Ok(Err(text(e))),
+        }
+    }
+
     async fn copy(&mut self, src: types::ObjectId, dest: types::ObjectId, op: Op) -> Result<()> {
         let store = match self.store(op) {
             Ok(store) => store,
@@ -260,14 +277,8 @@ impl blobstore::Host for BlobStoreView<'_> {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
-        match store.create_container(&name).await {
-            Ok(info) => Ok(Ok(self.table.push(Container {
-                store,
-                name,
-                created_at: info.created_at,
-            })?)),
-            Err(e) => Ok(Err(text(e))),
-        }
+        let info = store.create_container(&name).await;
+        self.container_handle(store, name, info)
     }
 
     async fn get_container(&mut self, name: String) -> Result<Resource<Container>> {
@@ -275,14 +286,8 @@ impl blobstore::Host for BlobStoreView<'_> {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
-        match store.get_container(&name).await {
-            Ok(info) => Ok(Ok(self.table.push(Container {
-                store,
-                name,
-                created_at: info.created_at,
-            })?)),
-            Err(e) => Ok(Err(text(e))),
-        }
+        let info = store.get_container(&name).await;
+        self.container_handle(store, name, info)
     }
 
     async fn delete_container(&mut self, name: String) -> Result<()> {
