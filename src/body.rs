@@ -170,6 +170,8 @@ pub struct Observation {
     pub started: std::time::Instant,
     /// Counted as active until the response ends.
     pub active: Option<ActiveRequest>,
+    /// The request's server span, when tracing is on: it ends with the response, too.
+    pub trace: Option<crate::otel::RequestTrace>,
 }
 
 impl Observation {
@@ -181,6 +183,9 @@ impl Observation {
             self.status,
             self.started.elapsed().as_secs_f64(),
         );
+        if let Some(trace) = self.trace {
+            trace.finish(&self.route, self.status);
+        }
     }
 
     /// Records the request now if `response`'s body is already complete; otherwise gives the

@@ -20,6 +20,7 @@ use crate::generation::{Backend, Generation, Route, Target};
 use crate::guards;
 use crate::metrics::UNMATCHED_ROUTE;
 use crate::middleware::{self, RouteBody, RouteService};
+use crate::otel::{CallTarget, RequestTrace};
 use crate::proxy::UpstreamFailure;
 use crate::router::Lookup;
 use crate::runtime::instance::Failure;
@@ -64,9 +65,11 @@ impl Gateway {
         let me: Weak<dyn SelfDispatch> = self.me.clone();
         let self_handle: SelfHandle = Arc::new(std::sync::OnceLock::from(me));
         let previous = self.generation.load_full();
+        // Components named `oci://...` become files in the registry cache first.
+        let config = crate::runtime::oci::localize(config)?;
         let generation = Arc::new(loader::load(
             &self.process,
-            config,
+            &config,
             &self_handle,
             &previous,
         )?);
@@ -143,7 +146,20 @@ impl Gateway {
         };
         seen.host = host;
 
+        // The trace context is taken before identify, which makes up a `traceparent` for a
+        // request that has none; the server span then starts with the request id known.
+        let tracing = self.process.tracing();
+        let arriving = tracing.map(|tracing| tracing.arriving(request.headers()));
         identify(&mut request, &generation, &mut seen, depth);
+        if let (Some(tracing), Some(parent)) = (tracing, arriving) {
+            seen.trace = Some(tracing.server_span(
+                parent,
+                request.headers_mut(),
+                &seen.method,
+                &seen.path,
+                &seen.request_id,
+            ));
+        }
 
         let (route, route_headers) = match choose_route(&generation, &request, &seen, depth) {
             Routed::To(route, headers) => (route, headers),
@@ -204,6 +220,7 @@ impl Gateway {
             client: seen.client,
             cut: cut.clone(),
             calls,
+            trace: seen.trace.clone(),
         };
         let response = match &route.layers {
             None => match call_target(&route.target, request, call).await {
@@ -251,6 +268,7 @@ impl Gateway {
             status,
             started: seen.started,
             active,
+            trace: seen.trace.clone(),
         };
         let observation = observation.unless_complete(&response);
         if !generation.access_log {
@@ -294,6 +312,8 @@ struct Seen {
     connection: Option<Arc<ConnectionInfo>>,
     request_body_size: Option<u64>,
     user_agent: Option<String>,
+    /// The request's server span, when tracing is on.
+    trace: Option<RequestTrace>,
 }
 
 impl Seen {
@@ -310,6 +330,7 @@ impl Seen {
             connection: request.extensions().get::<Arc<ConnectionInfo>>().cloned(),
             request_body_size: None,
             user_agent: None,
+            trace: None,
         };
         if generation.access_log {
             seen.request_body_size = content_length(request.headers());
@@ -436,6 +457,8 @@ struct TargetCall {
     client: Option<std::net::IpAddr>,
     cut: CutFlag,
     calls: SelfCalls,
+    /// The request's server span, when tracing is on: the parent of the target's spans.
+    trace: Option<RequestTrace>,
 }
 
 /// The target stage as a service, for a route's middleware to wrap: failures become error
@@ -479,6 +502,7 @@ where
         client,
         cut,
         calls,
+        trace,
     } = call;
     let (backend, set_cookie) = match target {
         Target::One(backend) => (backend, None),
@@ -490,10 +514,26 @@ where
     let mut response = match backend {
         Backend::Component(component) => {
             component
-                .handle(request, scheme, &request_id, cut, calls)
+                .handle(request, scheme, &request_id, cut, calls, trace)
                 .await
         }
-        Backend::Upstream(upstream) => upstream.forward(request, &request_id, client).await,
+        Backend::Upstream(upstream) => {
+            let mut request = request;
+            let span = trace.map(|trace| {
+                let method = request.method().clone();
+                let path = request.uri().path().to_string();
+                let target = CallTarget::Upstream(upstream.upstream.name(), &path);
+                trace.client_call(&method, target, request.headers_mut())
+            });
+            let forwarded = upstream.forward(request, &request_id, client).await;
+            if let Some(span) = span {
+                match &forwarded {
+                    Ok(response) => span.responded(response.status().as_u16()),
+                    Err(failure) => span.failed(&format_args!("{failure:?}")),
+                }
+            }
+            forwarded
+        }
     }?;
     if let Some(cookie) = set_cookie {
         response

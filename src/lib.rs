@@ -19,6 +19,7 @@ pub mod guards;
 pub mod host_pattern;
 pub mod metrics;
 pub mod middleware;
+pub mod otel;
 pub mod proxy;
 pub mod reload;
 pub mod router;

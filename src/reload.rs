@@ -19,6 +19,7 @@
 
 use crate::config::{Config, ListenerConfig};
 use crate::gateway::Gateway;
+use crate::runtime::oci;
 use crate::tls::TlsListeners;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,13 +186,14 @@ impl Reloader {
         let state = self.state.lock().await;
         let live = &state.live;
         let mut files = vec![self.path.clone()];
-        files.extend(
-            live.routes
-                .iter()
-                .flat_map(|r| r.component_files())
-                .map(|c| live.resolve(c)),
-        );
-        files.extend(live.components.values().map(|c| live.resolve(&c.path)));
+        // Components from a registry are not files to watch: a reload re-resolves their tags.
+        let components = live
+            .routes
+            .iter()
+            .flat_map(|r| r.component_files())
+            .chain(live.components.values().map(|c| c.path.as_path()))
+            .filter(|c| oci::reference_of(c).is_none());
+        files.extend(components.map(|c| live.resolve(c)));
         files.sort();
         files.dedup();
         files
@@ -254,6 +256,7 @@ fn needs_restart(started: &Config, next: &Config) -> Vec<&'static str> {
         }
     };
     check("[server] listen", a.listen == b.listen);
+    check("[tracing]", started.tracing == next.tracing);
     check(
         "[[listener]] (names, addresses, proxy_protocol, http_redirect, TLS on or off)",
         listeners_same(&started.listener_tables, &next.listener_tables),

@@ -36,6 +36,7 @@
 
 use super::outbound_client::{Failure, OutboundClient};
 use crate::metrics::RouteMetrics;
+use crate::otel::{CallTarget, ClientSpan, RequestTrace};
 use bytes::Bytes;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
@@ -441,6 +442,8 @@ pub struct OutboundPolicy {
     pub self_handle: SelfHandle,
     /// How many self-calls deep the current request is, and the generation they keep.
     pub self_calls: SelfCalls,
+    /// The request's server span, when tracing is on: each outgoing call gets a child span.
+    pub trace: Option<RequestTrace>,
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
@@ -450,7 +453,7 @@ type SendFuture =
 impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
@@ -467,7 +470,8 @@ impl WasiHttpHooks for OutboundPolicy {
             }
             Decision::SelfCall => {
                 self.metrics.outbound(OutboundOutcome::Allowed);
-                return self.dispatch_to_self(request);
+                let span = self.trace_call(&mut request);
+                return traced(span, self.dispatch_to_self(request));
             }
             Decision::Network(_) => {}
         }
@@ -487,24 +491,50 @@ impl WasiHttpHooks for OutboundPolicy {
             request_id: self.request_id.clone(),
             metrics: self.metrics.clone(),
         };
-        Box::new(outgoing.send(request, options))
+        let span = self.trace_call(&mut request);
+        traced(span, Box::pin(outgoing.send(request, options)))
     }
 }
 
+/// `send` as a [`SendFuture`] that ends `span` (if any) when the response's headers arrive or
+/// the call fails.
+fn traced(span: Option<ClientSpan>, send: Pin<SendFuture>) -> SendFuture {
+    let Some(span) = span else {
+        return Box::new(send);
+    };
+    Box::new(async move {
+        let result = send.await;
+        match &result {
+            Ok((response, _)) => span.responded(response.status().as_u16()),
+            Err(error) => span.failed(&format_args!("{error:?}")),
+        }
+        result
+    })
+}
+
 impl OutboundPolicy {
+    /// A client span for an allowed outgoing request, when tracing is on; the request's
+    /// `traceparent` names it (see `crate::otel`).
+    fn trace_call(&self, request: &mut http::Request<WasiBody>) -> Option<ClientSpan> {
+        let trace = self.trace.as_ref()?;
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        Some(trace.client_call(&method, CallTarget::Url(&uri), request.headers_mut()))
+    }
+
     /// Serves a request to `http://self` through the gateway's own router, in process.
-    fn dispatch_to_self(&self, request: http::Request<WasiBody>) -> SendFuture {
+    fn dispatch_to_self(&self, request: http::Request<WasiBody>) -> Pin<SendFuture> {
         let depth = self.self_calls.depth + 1;
         if depth > MAX_SELF_DEPTH {
             tracing::warn!(route = %self.route, request_id = %self.request_id, depth, "self-calls nest too deep");
-            return Box::new(async { Err(Error::LoopDetected) });
+            return Box::pin(async { Err(Error::LoopDetected) });
         }
         let gateway = self.self_handle.get().and_then(std::sync::Weak::upgrade);
         let calls = SelfCalls {
             depth,
             pinned: self.self_calls.pinned.clone(),
         };
-        Box::new(async move {
+        Box::pin(async move {
             let Some(gateway) = gateway else {
                 return Err(Error::InternalError(Some(
                     "the gateway is not serving".into(),

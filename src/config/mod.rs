@@ -13,12 +13,16 @@ pub mod blobstore;
 pub mod listener;
 pub mod middleware;
 pub mod overrides;
+pub mod registry;
 pub mod split;
+pub mod telemetry;
 pub mod units;
 pub mod upstream;
 
 pub use blobstore::{BlobBackend, BlobStoreConfig};
 pub use listener::{ListenerConfig, TlsConfig};
+pub use registry::RegistryConfig;
+pub use telemetry::TracingConfig;
 pub use upstream::UpstreamConfig;
 
 use crate::connection_info::{Redirect, Scheme};
@@ -42,6 +46,9 @@ pub struct Config {
     pub engine: EngineConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// OpenTelemetry traces over OTLP; off unless `otlp_endpoint` is set.
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// Named keyvalue stores (`[keyvalue.NAME]`); routes are granted stores by name.
     #[serde(default)]
     pub keyvalue: BTreeMap<String, KeyValueConfig>,
@@ -51,6 +58,9 @@ pub struct Config {
     /// Named components (`[component.NAME]`) that routes' components link to.
     #[serde(default, rename = "component")]
     pub components: BTreeMap<String, NamedComponentConfig>,
+    /// How `oci://` components are pulled from registries.
+    #[serde(default)]
+    pub registry: RegistryConfig,
     /// HTTP services that routes forward to (`[upstream.NAME]`).
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -63,6 +73,10 @@ pub struct Config {
     /// Where the file was read from; relative paths are resolved against its directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// Components pulled from registries (`runtime::oci::localize`): each one's file, and the
+    /// `oci://` reference the config named it by, for log lines and route listings.
+    #[serde(skip)]
+    pub pulled: BTreeMap<PathBuf, String>,
 }
 
 /// `[server]`: the public listener and the limits it applies to every connection.
@@ -682,6 +696,8 @@ impl Config {
         for (name, store) in &self.blobstore {
             store.check(name)?;
         }
+        self.registry.check()?;
+        self.tracing.check()?;
         self.check_listeners()?;
         self.check_links()?;
         for (name, upstream) in &self.upstreams {

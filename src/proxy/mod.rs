@@ -124,6 +124,11 @@ struct UpstreamTarget {
 }
 
 impl Upstream {
+    /// The upstream's name (`[upstream.NAME]`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Builds `config` (named `name`); `resolve` makes the CA path absolute.
     pub fn build(
         name: &str,

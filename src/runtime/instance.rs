@@ -33,6 +33,7 @@ use crate::capabilities::outbound_client::OutboundClient;
 use crate::capabilities::outbound_http::{OutboundPolicy, SelfCalls, SelfHandle};
 use crate::capabilities::wasi::guest_context;
 use crate::metrics::{GaugeGuard, RouteMetrics};
+use crate::otel::RequestTrace;
 use bytes::Bytes;
 use futures::future::Either;
 use http_body::Body;
@@ -283,6 +284,7 @@ impl ComponentRoute {
         request_id: &Arc<str>,
         request_cut: CutFlag,
         self_calls: SelfCalls,
+        trace: Option<RequestTrace>,
     ) -> Result<http::Response<ResponseBody>, Failure>
     where
         B: Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
@@ -299,7 +301,7 @@ impl ComponentRoute {
         })?;
         let deadline = Instant::now() + self.settings.timeout;
 
-        let mut store = self.new_store(request_id, self_calls);
+        let mut store = self.new_store(request_id, self_calls, trace.clone());
         let (response_tx, response_rx) = oneshot::channel();
         let (incoming, outparam) = {
             let mut http = store.data_mut().http();
@@ -327,10 +329,13 @@ impl ComponentRoute {
                     .instantiate_async(&mut store)
                     .await
                     .map_err(|e| (e, Stage::Instantiate))?;
-                route
-                    .metrics
-                    .instantiation
-                    .observe(started.elapsed().as_secs_f64());
+                let took = started.elapsed();
+                route.metrics.instantiation.observe(took.as_secs_f64());
+                if let Some(trace) = &trace {
+                    let ended = std::time::SystemTime::now();
+                    let started = ended.checked_sub(took).unwrap_or(ended);
+                    trace.instantiated(&route.settings.component, started, ended);
+                }
                 let _alive = GaugeGuard::inc(&route.metrics.instances_active);
                 proxy
                     .wasi_http_incoming_handler()
@@ -416,7 +421,12 @@ impl ComponentRoute {
         }
     }
 
-    fn new_store(&self, request_id: &Arc<str>, self_calls: SelfCalls) -> Store<HostState> {
+    fn new_store(
+        &self,
+        request_id: &Arc<str>,
+        self_calls: SelfCalls,
+        trace: Option<RequestTrace>,
+    ) -> Store<HostState> {
         let settings = &self.settings;
         let log = settings.log_budget.for_request(
             self.metrics.clone(),
@@ -435,6 +445,7 @@ impl ComponentRoute {
                 metrics: self.metrics.clone(),
                 self_handle: settings.self_handle.clone(),
                 self_calls,
+                trace,
             },
             limiter: MemoryLimiter {
                 max_memory: settings.max_memory,

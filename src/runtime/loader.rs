@@ -1,9 +1,10 @@
 //! Loading: the state that lives as long as the process, and the generations built on it.
 //!
 //! A [`Process`] owns what every config shares and a reload keeps: the wasmtime engine and its
-//! epoch ticker, the linker, the keyvalue and blob stores and their connections, the metrics registry and
-//! the process-wide instance slots. [`load`] turns a [`Config`] into a [`Generation`] on that
-//! process: it loads every component once (through the compile cache), composes linked ones,
+//! epoch ticker, the linker, the keyvalue and blob stores and their connections, the metrics
+//! registry, the tracer and the process-wide instance slots. [`load`] turns a [`Config`] into a [`Generation`] on that
+//! process: it loads every component once (through the compile cache; `oci::localize` has
+//! pulled those from registries into files first), composes linked ones,
 //! pre-instantiates each against the linker, and validates the route table. Any error names
 //! the route and the file. Nothing here runs on the request path.
 
@@ -19,6 +20,7 @@ use crate::config::{Config, RouteConfig};
 use crate::generation::{Backend, Generation, RequestLimits, Route, Target};
 use crate::metrics::Metrics;
 use crate::middleware::{self, RateLimit};
+use crate::otel::Tracing;
 use crate::proxy::{Upstream, UpstreamRoute};
 use crate::router::{RouteSpec, RouteTable};
 use crate::runtime::admission::{Admission, AdmissionLimits};
@@ -48,6 +50,8 @@ pub struct Process {
     /// The stores of the live generation; a load builds the next ones from these.
     stores: std::sync::Mutex<Arc<CapabilityStores>>,
     metrics: Arc<Metrics>,
+    /// Traces over OTLP, when `[tracing]` turns them on.
+    tracing: Option<Arc<Tracing>>,
     instances: InstanceSlots,
     /// Which allocator the engine ended up with.
     pub allocator: Allocator,
@@ -69,7 +73,8 @@ impl Process {
                 &metrics,
             )?,
         };
-        Process::with_stores(config, metrics, stores)
+        let tracing = Tracing::start(&config.tracing)?;
+        Process::with_stores(config, metrics, stores, tracing)
     }
 
     /// A process for `wasmgate check`: like [`Process::start`], but no keyvalue store is opened
@@ -79,13 +84,14 @@ impl Process {
             keyvalue: Stores::unopened(&config.keyvalue, &metrics),
             blobstore: BlobStores::unopened(&config.blobstore, &metrics),
         };
-        Process::with_stores(config, metrics, stores)
+        Process::with_stores(config, metrics, stores, None)
     }
 
     fn with_stores(
         config: &Config,
         metrics: Arc<Metrics>,
         stores: CapabilityStores,
+        tracing: Option<Arc<Tracing>>,
     ) -> anyhow::Result<Process> {
         let (engine, allocator) = build_engine(&config.engine)?;
         let instances = InstanceSlots::new(config.engine.max_instances);
@@ -96,6 +102,7 @@ impl Process {
             linker,
             stores: std::sync::Mutex::new(Arc::new(stores)),
             metrics,
+            tracing,
             instances,
             allocator,
             admin: config.admin.listen,
@@ -105,6 +112,11 @@ impl Process {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The tracer, when `[tracing]` turns tracing on.
+    pub fn tracing(&self) -> Option<&Arc<Tracing>> {
+        self.tracing.as_ref()
     }
 
     fn stores(&self) -> Arc<CapabilityStores> {
@@ -486,10 +498,13 @@ fn component_route(
     let max_memory = route
         .max_memory
         .unwrap_or(config.engine.max_instance_memory);
-    let file = component.file_name().map_or_else(
-        || component.display().to_string(),
-        |f| f.to_string_lossy().into_owned(),
-    );
+    let file = match config.pulled.get(&config.resolve(component)) {
+        Some(reference) => reference.clone(),
+        None => component.file_name().map_or_else(
+            || component.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        ),
+    };
     let providers: std::collections::BTreeSet<&String> = route.links.values().collect();
     let linked: String = providers.iter().map(|name| format!("+{name}")).collect();
     let settings = RouteSettings {

@@ -1,9 +1,10 @@
-//! Running components: the engine, loading and caching, linking components to each other,
-//! admission, and per-request instances.
+//! Running components: the engine, loading and caching, pulling from OCI registries, linking
+//! components to each other, admission, and per-request instances.
 pub mod admission;
 pub mod component;
 pub mod engine;
 pub mod instance;
 pub mod linking;
 pub mod loader;
+pub mod oci;
 pub mod response;

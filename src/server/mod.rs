@@ -132,6 +132,7 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
             }
         }
     };
+    let tracing = gateway.process().tracing().cloned();
     let connections = serve_connections(
         listeners,
         gateway,
@@ -152,6 +153,10 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
     }
     let _ = stop_admin.send(());
     let _ = admin_task.await;
+    if let Some(tracing) = tracing {
+        // The spans of the last requests are still queued: export them before exiting.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
     Ok(())
 }
 

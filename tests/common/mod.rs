@@ -56,11 +56,17 @@ pub fn toml_path(path: &Path) -> String {
 
 /// Runs `wasmgate check` on a config text written into `dir`; returns (success, stdout + stderr).
 pub fn check_config(dir: &Path, config: &str) -> (bool, String) {
+    check_config_with(dir, config, &[])
+}
+
+/// [`check_config`] with environment variables.
+pub fn check_config_with(dir: &Path, config: &str, envs: &[(&str, &str)]) -> (bool, String) {
     let path = dir.join("wasmgate.toml");
     std::fs::write(&path, config).expect("write config");
     let output = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
         .args(["check", path.to_str().expect("utf-8 path")])
         .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
         .output()
         .expect("run wasmgate check");
     let text = format!(
