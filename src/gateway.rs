@@ -20,7 +20,7 @@ use crate::generation::{Backend, Generation, Route, Target};
 use crate::guards;
 use crate::metrics::UNMATCHED_ROUTE;
 use crate::middleware::{self, RouteBody, RouteService};
-use crate::otel::{CallTarget, RequestTrace};
+use crate::otel::{CallTarget, PendingSpan, RequestTrace};
 use crate::proxy::UpstreamFailure;
 use crate::router::Lookup;
 use crate::runtime::instance::Failure;
@@ -141,7 +141,7 @@ impl Gateway {
             Err(rejection) => {
                 seen.request_id = new_request_id();
                 let page = error_page(rejection.status(), &seen.request_id, &rejection.to_string());
-                return self.finish(&generation, &seen, UNMATCHED_ROUTE.into(), None, page);
+                return self.finish(&generation, &mut seen, UNMATCHED_ROUTE.into(), None, page);
             }
         };
         seen.host = host;
@@ -152,7 +152,7 @@ impl Gateway {
         let arriving = tracing.map(|tracing| tracing.arriving(request.headers()));
         identify(&mut request, &generation, &mut seen, depth);
         if let (Some(tracing), Some(parent)) = (tracing, arriving) {
-            seen.trace = Some(tracing.server_span(
+            seen.trace = PendingSpan::new(tracing.server_span(
                 parent,
                 request.headers_mut(),
                 &seen.method,
@@ -164,7 +164,7 @@ impl Gateway {
         let (route, route_headers) = match choose_route(&generation, &request, &seen, depth) {
             Routed::To(route, headers) => (route, headers),
             Routed::Answered(page) => {
-                return self.finish(&generation, &seen, UNMATCHED_ROUTE.into(), None, page);
+                return self.finish(&generation, &mut seen, UNMATCHED_ROUTE.into(), None, page);
             }
         };
         let metrics = route.metrics.clone();
@@ -181,7 +181,7 @@ impl Gateway {
         {
             drop(active);
             let page = refuse(request, rate_limited_page(wait, &seen.request_id));
-            return self.finish(&generation, &seen, metrics.route.clone(), None, page);
+            return self.finish(&generation, &mut seen, metrics.route.clone(), None, page);
         }
 
         // Body size, by its declared length.
@@ -191,7 +191,7 @@ impl Gateway {
                 request,
                 cut_page(BodyCut::TooLarge, &seen.request_id, http1),
             );
-            return self.finish(&generation, &seen, metrics.route.clone(), None, page);
+            return self.finish(&generation, &mut seen, metrics.route.clone(), None, page);
         }
 
         let headers = request.headers_mut();
@@ -220,7 +220,7 @@ impl Gateway {
             client: seen.client,
             cut: cut.clone(),
             calls,
-            trace: seen.trace.clone(),
+            trace: seen.trace.get().cloned(),
         };
         let response = match &route.layers {
             None => match call_target(&route.target, request, call).await {
@@ -239,7 +239,7 @@ impl Gateway {
         };
         self.finish(
             &generation,
-            &seen,
+            &mut seen,
             metrics.route.clone(),
             Some(active),
             response,
@@ -252,7 +252,7 @@ impl Gateway {
     fn finish(
         &self,
         generation: &Generation,
-        seen: &Seen,
+        seen: &mut Seen,
         route: Arc<str>,
         active: Option<ActiveRequest>,
         mut response: Response<ResponseBody>,
@@ -268,7 +268,7 @@ impl Gateway {
             status,
             started: seen.started,
             active,
-            trace: seen.trace.clone(),
+            trace: seen.trace.take(),
         };
         let observation = observation.unless_complete(&response);
         if !generation.access_log {
@@ -312,8 +312,8 @@ struct Seen {
     connection: Option<Arc<ConnectionInfo>>,
     request_body_size: Option<u64>,
     user_agent: Option<String>,
-    /// The request's server span, when tracing is on.
-    trace: Option<RequestTrace>,
+    /// The request's server span, when tracing is on, until the observe stage takes it.
+    trace: PendingSpan,
 }
 
 impl Seen {
@@ -330,7 +330,7 @@ impl Seen {
             connection: request.extensions().get::<Arc<ConnectionInfo>>().cloned(),
             request_body_size: None,
             user_agent: None,
-            trace: None,
+            trace: PendingSpan::default(),
         };
         if generation.access_log {
             seen.request_body_size = content_length(request.headers());

@@ -171,7 +171,7 @@ impl RequestTrace {
         let mut attributes = vec![KeyValue::new("http.request.method", method.to_string())];
         match target {
             CallTarget::Url(uri) => {
-                attributes.push(KeyValue::new("url.full", uri.to_string()));
+                attributes.push(KeyValue::new("url.full", without_secrets(uri)));
                 if let Some(host) = uri.host() {
                     attributes.push(KeyValue::new("server.address", host.to_string()));
                 }
@@ -196,6 +196,40 @@ impl RequestTrace {
                 .inject_context(&context, &mut HeaderInjector(headers));
         }
         ClientSpan { context }
+    }
+}
+
+/// A request's server span while the request stages run. The observe stage takes it (and the
+/// response's end ends it); a request dropped before that (the client went away) ends it here,
+/// as cancelled, rather than whenever the last copy of its context goes.
+#[derive(Default)]
+pub struct PendingSpan(Option<RequestTrace>);
+
+impl PendingSpan {
+    pub fn new(trace: RequestTrace) -> PendingSpan {
+        PendingSpan(Some(trace))
+    }
+
+    /// The span, for the target's child spans.
+    pub fn get(&self) -> Option<&RequestTrace> {
+        self.0.as_ref()
+    }
+
+    /// The span, for the observe stage to end.
+    pub fn take(&mut self) -> Option<RequestTrace> {
+        self.0.take()
+    }
+}
+
+impl Drop for PendingSpan {
+    fn drop(&mut self) {
+        if let Some(trace) = self.0.take() {
+            let span = trace.context.span();
+            span.set_status(Status::error(
+                "cancelled: the client went away before the response",
+            ));
+            span.end();
+        }
     }
 }
 
@@ -237,4 +271,33 @@ fn end_with_status(span: opentelemetry::trace::SpanRef<'_>, status: u16) {
         span.set_status(Status::error(format!("{status}")));
     }
     span.end();
+}
+
+/// `uri` for a span: scheme, host, port and path, without the query (which may carry tokens) or
+/// any user information.
+fn without_secrets(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or("");
+    match uri.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}{}", uri.path()),
+        None => format!("{scheme}://{host}{}", uri.path()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_on_spans_carry_no_query_or_credentials() {
+        let uri: http::Uri = "https://user:secret@api.example.com:8443/v1/items?token=abc"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            without_secrets(&uri),
+            "https://api.example.com:8443/v1/items"
+        );
+        let uri: http::Uri = "http://self/back".parse().unwrap();
+        assert_eq!(without_secrets(&uri), "http://self/back");
+    }
 }

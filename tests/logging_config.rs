@@ -31,9 +31,14 @@ fn sections() -> Sections {
     }
 }
 
-fn start() -> Gateway {
+/// The variable `routes()`'s `config` reads, which the gateway process inherits.
+fn set_region() {
     // SAFETY of the test: the variable is set before the gateway process is spawned with it.
     unsafe { std::env::set_var("WASMGATE_TEST_REGION", "eu") };
+}
+
+fn start() -> Gateway {
+    set_region();
     Gateway::start_with(&routes(), sections())
 }
 
@@ -271,6 +276,7 @@ async fn stdout_and_stderr_share_the_request_budget_and_report_what_was_dropped(
 }
 
 fn start_text(routes: &str) -> Gateway {
+    set_region();
     Gateway::start_with(
         routes,
         Sections {

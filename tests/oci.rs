@@ -355,3 +355,66 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// A registry that lies (a small test server, since a real one does not): its manifest gives
+/// the layer `declared` bytes, and it sends `sent`.
+async fn lying_registry(declared: i64, sent: Vec<u8>) -> std::net::SocketAddr {
+    let digest = format!("sha256:{}", sha256_hex(&sent));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{{"mediaType":"application/vnd.wasm.config.v0+json","digest":"sha256:{}","size":2}},
+            "layers":[{{"mediaType":"application/wasm","digest":"{digest}","size":{declared}}}]}}"#,
+        sha256_hex(b"{}")
+    );
+    common::serve_http(move |request: http::Request<hyper::body::Incoming>| {
+        let (manifest, sent) = (manifest.clone(), sent.clone());
+        async move {
+            let path = request.uri().path();
+            let (content_type, body) = if path.contains("/manifests/") {
+                (
+                    "application/vnd.oci.image.manifest.v1+json",
+                    manifest.into_bytes(),
+                )
+            } else if path.contains("/blobs/") {
+                ("application/octet-stream", sent)
+            } else {
+                ("application/json", b"{}".to_vec())
+            };
+            http::Response::builder()
+                .header("content-type", content_type)
+                .body(common::server_text(body))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_sends_more_than_its_manifest_says_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    for (declared, sent, expected) in [
+        (10, vec![7u8; 1 << 20], "sent more than the 10 bytes"),
+        (-1, vec![7u8; 16], "a size of -1"),
+        (
+            1 << 40,
+            vec![7u8; 16],
+            "more than [registry] max_component_size",
+        ),
+    ] {
+        let registry = lying_registry(declared, sent).await;
+        let config = format!(
+            "{}[registry]\ninsecure = [\"{registry}\"]\n{}",
+            cache_section(&dir.path().join("cache")),
+            route("/", &format!("oci://{registry}/liar/component:1"))
+        );
+        let dir_path = dir.path().to_path_buf();
+        let (ok, output) = tokio::task::spawn_blocking(move || check(&dir_path, &config, &[]))
+            .await
+            .unwrap();
+        assert!(!ok, "{output}");
+        assert!(
+            output.contains(expected),
+            "expected `{expected}`:\n{output}"
+        );
+    }
+}

@@ -492,13 +492,16 @@ impl WasiHttpHooks for OutboundPolicy {
             metrics: self.metrics.clone(),
         };
         let span = self.trace_call(&mut request);
-        traced(span, Box::pin(outgoing.send(request, options)))
+        traced(span, outgoing.send(request, options))
     }
 }
 
 /// `send` as a [`SendFuture`] that ends `span` (if any) when the response's headers arrive or
 /// the call fails.
-fn traced(span: Option<ClientSpan>, send: Pin<SendFuture>) -> SendFuture {
+fn traced<F>(span: Option<ClientSpan>, send: F) -> SendFuture
+where
+    F: Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send + 'static,
+{
     let Some(span) = span else {
         return Box::new(send);
     };

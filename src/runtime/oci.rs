@@ -64,6 +64,10 @@ pub fn localize(config: &Config) -> anyhow::Result<std::borrow::Cow<'_, Config>>
              off (\"\"): set it to a writable directory"
         );
     };
+    // Absolute, so the files handed to the loader do not resolve against the config's
+    // directory a second time.
+    let cache_dir = std::path::absolute(&cache_dir)
+        .with_context(|| format!("cannot resolve the cache directory {}", cache_dir.display()))?;
     let store = Store::open(&cache_dir.join("oci"))?;
     let pulled = pull_all(&store, &config.registry, references)?;
     let mut localized = config.clone();
@@ -114,7 +118,7 @@ fn pull_all(
     // reqwest's rustls uses the process's default provider: the same ring the rest of the
     // gateway uses. Already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::new(ClientConfig {
+    let client = Client::try_from(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(settings.insecure.clone()),
         connect_timeout: Some(std::time::Duration::from_secs(10)),
         read_timeout: Some(std::time::Duration::from_secs(30)),
@@ -122,7 +126,8 @@ fn pull_all(
         // An image index names images per platform; a component has no platform.
         platform_resolver: None,
         ..ClientConfig::default()
-    });
+    })
+    .context("cannot make the registry client")?;
     let pulls = references.into_iter().map(|reference| {
         let client = &client;
         async move {
@@ -164,7 +169,7 @@ async fn pull(
         tracing::info!(component = %reference, file = %file.display(), "component from the registry cache");
         return Ok(file);
     }
-    let auth = credentials(reference.resolve_registry(), settings)?;
+    let auth = credentials(reference.resolve_registry(), settings).await?;
     let asked = tokio::time::timeout(
         settings.timeout,
         client.pull_image_manifest(&reference, &auth),
@@ -205,30 +210,28 @@ async fn pull(
         }
     };
     let layer = wasm_layer(&manifest.layers)?;
-    if u64::try_from(layer.size).is_ok_and(|size| size > settings.max_component_size) {
+    let size = u64::try_from(layer.size)
+        .map_err(|_| anyhow::anyhow!("its manifest gives the layer a size of {}", layer.size))?;
+    if size > settings.max_component_size {
         bail!(
-            "its layer is {} bytes, more than [registry] max_component_size ({} bytes)",
-            layer.size,
+            "its layer is {size} bytes, more than [registry] max_component_size ({} bytes)",
             settings.max_component_size
         );
     }
     let file = match store.blob(&layer.digest)? {
         Some(file) => file,
         None => {
-            let mut bytes = Vec::new();
-            tokio::time::timeout(
-                settings.timeout,
-                client.pull_blob(&reference, layer, &mut bytes),
-            )
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "not downloaded within [registry] timeout ({:?})",
-                    settings.timeout
-                )
-            })
-            .and_then(|downloaded| downloaded.map_err(anyhow::Error::new))
-            .with_context(|| format!("cannot download layer {}", layer.digest))?;
+            let downloading = download(client, &reference, layer, size);
+            let bytes = tokio::time::timeout(settings.timeout, downloading)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "not downloaded within [registry] timeout ({:?})",
+                        settings.timeout
+                    )
+                })
+                .and_then(|downloaded| downloaded)
+                .with_context(|| format!("cannot download layer {}", layer.digest))?;
             store.put_blob(&layer.digest, &bytes)?
         }
     };
@@ -241,6 +244,33 @@ async fn pull(
         "pulled component from the registry"
     );
     Ok(file)
+}
+
+/// The bytes of `layer`, no more than the `size` its manifest gives (a registry that sends more
+/// is refused before it fills memory). Their digest is checked when they are stored.
+async fn download(
+    client: &Client,
+    reference: &Reference,
+    layer: &OciDescriptor,
+    size: u64,
+) -> anyhow::Result<Vec<u8>> {
+    use futures::StreamExt;
+    let mut stream = client.pull_blob_stream(reference, layer).await?;
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(64 << 20));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if bytes.len() as u64 + chunk.len() as u64 > size {
+            bail!("the registry sent more than the {size} bytes the manifest gives the layer");
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if (bytes.len() as u64) < size {
+        bail!(
+            "the registry sent {} of the {size} bytes the manifest gives the layer",
+            bytes.len()
+        );
+    }
+    Ok(bytes)
 }
 
 /// Whether `error` says the registry could not be reached or failed itself (a connection that
@@ -279,8 +309,12 @@ fn wasm_layer(layers: &[OciDescriptor]) -> anyhow::Result<&OciDescriptor> {
     }
 }
 
-/// The credentials for `registry`; see the module docs.
-fn credentials(registry: &str, settings: &RegistryConfig) -> anyhow::Result<RegistryAuth> {
+/// How long a docker credential helper may take to answer.
+const CREDENTIAL_HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The credentials for `registry`; see the module docs. A credential helper is a program the
+/// docker config names: it runs on a blocking thread, within [`CREDENTIAL_HELPER_TIMEOUT`].
+async fn credentials(registry: &str, settings: &RegistryConfig) -> anyhow::Result<RegistryAuth> {
     if let Some(configured) = settings.auth.get(registry) {
         let env = |name: &str| std::env::var(name).ok();
         let username = expand_env(&configured.username, env)
@@ -290,7 +324,17 @@ fn credentials(registry: &str, settings: &RegistryConfig) -> anyhow::Result<Regi
         return Ok(RegistryAuth::Basic(username, password));
     }
     use docker_credential::{CredentialRetrievalError, DockerCredential};
-    match docker_credential::get_credential(registry) {
+    let server = registry.to_string();
+    let lookup = tokio::task::spawn_blocking(move || docker_credential::get_credential(&server));
+    let found = match tokio::time::timeout(CREDENTIAL_HELPER_TIMEOUT, lookup).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(_)) => bail!("reading docker credentials for {registry} panicked"),
+        Err(_) => bail!(
+            "the docker credential helper for {registry} did not answer within \
+             {CREDENTIAL_HELPER_TIMEOUT:?}"
+        ),
+    };
+    match found {
         Ok(DockerCredential::UsernamePassword(username, password)) => {
             Ok(RegistryAuth::Basic(username, password))
         }
