@@ -15,6 +15,11 @@
 //!
 //! The table is immutable once built and generic over what a route leads to, so it can be tested
 //! on its own and swapped whole on reload.
+//!
+//! Lookups do not scan the table: routes are indexed by host (a hash of exact hosts; wildcard
+//! suffixes found by looking up each of the request host's parent domains) and, within a host,
+//! by the path's first segment, so a request is compared only with the routes that could match
+//! it. Building is linear too: conflicts are found among routes of the same host and shape.
 
 use crate::host_pattern::{HostPattern, suffix_matches};
 use http::Method;
@@ -90,14 +95,46 @@ struct Route<T> {
     target: T,
 }
 
+/// A path's literal segments (`None` for a `:param`) and whether it ends in `/...`: two
+/// patterns of one shape and rank match the same requests.
+type Shape<'a> = (Vec<Option<&'a str>>, bool);
+
 /// An immutable, validated set of routes.
 pub struct RouteTable<T> {
     routes: Vec<Route<T>>,
-    /// Route indexes per exact host.
-    exact: HashMap<String, Vec<usize>>,
-    /// Wildcard host suffixes, longest (most specific) first.
-    suffixes: Vec<(String, Vec<usize>)>,
-    any_host: Vec<usize>,
+    /// Routes per exact host.
+    exact: HashMap<String, PathIndex>,
+    /// Routes per wildcard host suffix (`.example.com`).
+    suffixes: HashMap<String, PathIndex>,
+    any_host: PathIndex,
+}
+
+/// The routes of one host pattern, by the first segment of their path.
+#[derive(Default)]
+struct PathIndex {
+    /// Routes whose path starts with a literal segment, by that segment (`""` for `/`).
+    by_first: HashMap<String, Vec<usize>>,
+    /// Routes whose path starts with a `:param`, and `/...`: any first segment may match.
+    any_first: Vec<usize>,
+}
+
+impl PathIndex {
+    fn insert(&mut self, index: usize, path: &PathPattern) {
+        match path.segments.first() {
+            Some(Segment::Literal(first)) => {
+                self.by_first.entry(first.clone()).or_default().push(index)
+            }
+            Some(Segment::Param(_)) | None => self.any_first.push(index),
+        }
+    }
+
+    /// The routes that may match a path whose first segment is `first`.
+    fn candidates<'s>(&'s self, first: &str, into: &mut Vec<&'s [usize]>) {
+        if let Some(indexes) = self.by_first.get(first) {
+            into.push(indexes);
+        }
+        into.push(&self.any_first);
+    }
 }
 
 /// How specific a match is; larger is better. Compared field by field.
@@ -233,7 +270,7 @@ impl PathPattern {
     }
 
     /// The shape two equally ranked patterns share when they match the same requests.
-    fn shape(&self) -> (Vec<Option<&str>>, bool) {
+    fn shape(&self) -> Shape<'_> {
         let literals = self
             .segments
             .iter()
@@ -280,38 +317,30 @@ impl<T> RouteTable<T> {
                 target: spec.target,
             });
         }
-        for (i, a) in routes.iter().enumerate() {
-            for (j, b) in routes.iter().enumerate().skip(i + 1) {
-                if a.host == b.host
-                    && a.path.shape() == b.path.shape()
-                    && methods_overlap(&a.methods, &b.methods)
-                {
-                    return Err((
-                        j,
-                        RouteError::Conflict {
-                            first: i + 1,
-                            second: j + 1,
-                        },
-                    ));
-                }
-            }
+        if let Some((i, j)) = first_conflict(&routes) {
+            return Err((
+                j,
+                RouteError::Conflict {
+                    first: i + 1,
+                    second: j + 1,
+                },
+            ));
         }
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut suffixes: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut any_host = Vec::new();
+        let mut exact: HashMap<String, PathIndex> = HashMap::new();
+        let mut suffixes: HashMap<String, PathIndex> = HashMap::new();
+        let mut any_host = PathIndex::default();
         for (index, route) in routes.iter().enumerate() {
-            match &route.host {
+            let by_host = match &route.host {
                 RouteHost::Pattern(HostPattern::Exact(host)) => {
-                    exact.entry(host.clone()).or_default().push(index)
+                    exact.entry(host.clone()).or_default()
                 }
                 RouteHost::Pattern(HostPattern::Suffix(suffix)) => {
-                    suffixes.entry(suffix.clone()).or_default().push(index)
+                    suffixes.entry(suffix.clone()).or_default()
                 }
-                RouteHost::Any => any_host.push(index),
-            }
+                RouteHost::Any => &mut any_host,
+            };
+            by_host.insert(index, &route.path);
         }
-        let mut suffixes: Vec<_> = suffixes.into_iter().collect();
-        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         Ok(RouteTable {
             routes,
             exact,
@@ -325,8 +354,8 @@ impl<T> RouteTable<T> {
         RouteTable {
             routes: Vec::new(),
             exact: HashMap::new(),
-            suffixes: Vec::new(),
-            any_host: Vec::new(),
+            suffixes: HashMap::new(),
+            any_host: PathIndex::default(),
         }
     }
 
@@ -345,18 +374,27 @@ impl<T> RouteTable<T> {
         path: &'a str,
         visible: impl Fn(&T) -> bool,
     ) -> Lookup<'a, T> {
-        let mut candidates: Vec<&[usize]> = Vec::with_capacity(3);
+        let first = path
+            .strip_prefix('/')
+            .map_or("", |rest| rest.split('/').next().unwrap_or(""));
+        let mut candidates: Vec<&[usize]> = Vec::with_capacity(6);
         if let Some(host) = host {
-            if let Some(indexes) = self.exact.get(host) {
-                candidates.push(indexes);
+            if let Some(routes) = self.exact.get(host) {
+                routes.candidates(first, &mut candidates);
             }
-            for (suffix, indexes) in &self.suffixes {
-                if suffix_matches(suffix, host) {
-                    candidates.push(indexes);
+            if !self.suffixes.is_empty() {
+                // Every parent domain of the host is a suffix a wildcard route may have.
+                for (at, _) in host.match_indices('.') {
+                    let suffix = &host[at..];
+                    if let Some(routes) = self.suffixes.get(suffix)
+                        && suffix_matches(suffix, host)
+                    {
+                        routes.candidates(first, &mut candidates);
+                    }
                 }
             }
         }
-        candidates.push(&self.any_host);
+        self.any_host.candidates(first, &mut candidates);
 
         let mut best: Option<(Rank, Match<'a, T>)> = None;
         let mut allow: Vec<Method> = Vec::new();
@@ -402,6 +440,30 @@ impl<T> RouteTable<T> {
             None => Lookup::NotFound,
         }
     }
+}
+
+/// The first pair of routes (by index) that rank equally and could match the same requests:
+/// the same host, the same shape, overlapping methods. Only routes of one host and shape are
+/// compared with each other.
+fn first_conflict<T>(routes: &[Route<T>]) -> Option<(usize, usize)> {
+    let mut groups: HashMap<(&RouteHost, Shape<'_>), Vec<usize>> = HashMap::new();
+    for (index, route) in routes.iter().enumerate() {
+        groups
+            .entry((&route.host, route.path.shape()))
+            .or_default()
+            .push(index);
+    }
+    groups
+        .values()
+        .flat_map(|group| {
+            group.iter().enumerate().flat_map(move |(n, &i)| {
+                group[n + 1..]
+                    .iter()
+                    .filter(move |&&j| methods_overlap(&routes[i].methods, &routes[j].methods))
+                    .map(move |&j| (i, j))
+            })
+        })
+        .min()
 }
 
 fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
@@ -628,6 +690,171 @@ mod tests {
             ])
             .is_none()
         );
+    }
+
+    /// The lookup every route is compared in, with no index: what the indexed lookup must
+    /// agree with.
+    fn lookup_by_scan(
+        table: &RouteTable<String>,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> String {
+        let mut best: Option<(Rank, &str)> = None;
+        let mut allow: Vec<Method> = Vec::new();
+        let mut path_matched = false;
+        for route in &table.routes {
+            let host_matches = match (&route.host, host) {
+                (RouteHost::Any, _) => true,
+                (RouteHost::Pattern(pattern), Some(host)) => pattern.matches(host),
+                (RouteHost::Pattern(_), None) => false,
+            };
+            if !host_matches || route.path.matches(path).is_none() {
+                continue;
+            }
+            path_matched = true;
+            if let Some(methods) = &route.methods
+                && !methods.contains(method)
+            {
+                allow.extend(methods.iter().cloned());
+                continue;
+            }
+            let rank = Rank {
+                host: route.host.rank(),
+                path: route.path.rank(),
+                method_specific: route.methods.is_some(),
+            };
+            if best.as_ref().is_none_or(|(b, _)| rank > *b) {
+                best = Some((rank, &route.target));
+            }
+        }
+        match best {
+            Some((_, target)) => target.to_string(),
+            None if path_matched => {
+                allow.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                allow.dedup();
+                format!("405 {allow:?}")
+            }
+            None => "404".to_string(),
+        }
+    }
+
+    #[test]
+    fn the_indexed_lookup_agrees_with_a_scan_of_every_route() {
+        // A small deterministic generator: routes and requests from the same few pieces, so
+        // that many of them overlap.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let hosts = [
+            None,
+            Some("a.example.com"),
+            Some("*.example.com"),
+            Some("*.b.example.com"),
+            Some("x.b.example.com"),
+        ];
+        let segments = ["api", "v1", ":id", "items", ""];
+        let methods: [Option<&[&str]>; 3] = [None, Some(&["GET"]), Some(&["POST", "PUT"])];
+        let mut specs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..300 {
+            let depth = 1 + next(3);
+            let mut path = String::new();
+            for _ in 0..depth {
+                path.push('/');
+                path.push_str(segments[next(4)]);
+            }
+            if next(3) == 0 {
+                path.push_str("/...");
+            }
+            let host = hosts[next(hosts.len())];
+            let methods = methods[next(methods.len())];
+            let candidate = spec(host, &path, methods, &format!("r{i}"));
+            // Keep the route only if the table stays unambiguous with it.
+            let key = (host, path.clone(), methods);
+            if !seen.insert(key) {
+                continue;
+            }
+            specs.push(candidate);
+            let rebuilt: Vec<RouteSpec<String>> = specs
+                .iter()
+                .map(|s| RouteSpec {
+                    host: s.host.clone(),
+                    path: s.path.clone(),
+                    methods: s.methods.clone(),
+                    target: s.target.clone(),
+                })
+                .collect();
+            if RouteTable::new(rebuilt).is_err() {
+                specs.pop();
+            }
+        }
+        assert!(specs.len() > 50, "only {} routes", specs.len());
+        let table = table(specs);
+        let request_hosts = [
+            None,
+            Some("a.example.com"),
+            Some("x.b.example.com"),
+            Some("y.b.example.com"),
+            Some("b.example.com"),
+            Some("other.org"),
+        ];
+        let request_segments = ["api", "v1", "42", "items", "", "zzz"];
+        for _ in 0..5_000 {
+            let mut path = String::new();
+            for _ in 0..1 + next(4) {
+                path.push('/');
+                path.push_str(request_segments[next(request_segments.len())]);
+            }
+            let host = request_hosts[next(request_hosts.len())];
+            let method = [Method::GET, Method::POST, Method::DELETE][next(3)].clone();
+            let indexed = match table.lookup(host, &method, &path, |_| true) {
+                Lookup::Found(m) => m.target.clone(),
+                Lookup::MethodNotAllowed { allow } => format!("405 {allow:?}"),
+                Lookup::NotFound => "404".to_string(),
+            };
+            assert_eq!(
+                indexed,
+                lookup_by_scan(&table, host, &method, &path),
+                "{method} {host:?} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn building_ten_thousand_routes_finds_the_first_conflict() {
+        let mut specs: Vec<RouteSpec<String>> = (0..10_000)
+            .map(|i| {
+                spec(
+                    Some(&format!("h{}.example.com", i % 1000)),
+                    &format!("/s{i}/:id"),
+                    None,
+                    "x",
+                )
+            })
+            .collect();
+        assert!(
+            RouteTable::new(
+                specs
+                    .iter()
+                    .map(|s| spec(s.host.as_deref(), &s.path, None, "x"))
+                    .collect()
+            )
+            .is_ok()
+        );
+        // Two conflicts; the first pair in config order is reported.
+        specs.push(spec(Some("h7.example.com"), "/s7/:other", None, "y"));
+        specs.push(spec(Some("h3.example.com"), "/s3/:other", None, "z"));
+        match RouteTable::new(specs) {
+            Err((_, RouteError::Conflict { first, second })) => {
+                assert_eq!((first, second), (4, 10_002))
+            }
+            _ => panic!("the conflicts were not found"),
+        }
     }
 
     #[test]
