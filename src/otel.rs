@@ -100,16 +100,20 @@ impl Tracing {
         path: &str,
         request_id: &str,
     ) -> RequestTrace {
-        let span = self
+        // Attributes are made only for a span that is recorded: an unsampled request pays for
+        // its ids and its traceparent, nothing more.
+        let mut span = self
             .tracer
-            .span_builder(method.to_string())
+            .span_builder(span_name(method))
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("http.request.method", method.to_string()),
+            .start_with_context(&self.tracer, &parent);
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("http.request.method", span_name(method)),
                 KeyValue::new("url.path", path.to_string()),
                 KeyValue::new("wasmgate.request_id", request_id.to_string()),
-            ])
-            .start_with_context(&self.tracer, &parent);
+            ]);
+        }
         let context = parent.with_span(span);
         self.propagator
             .inject_context(&context, &mut HeaderInjector(headers));
@@ -142,6 +146,10 @@ impl RequestTrace {
     /// server spans, with the status (an error for 5xx).
     pub fn finish(&self, route: &str, status: u16) {
         let span = self.context.span();
+        if !span.is_recording() {
+            span.end();
+            return;
+        }
         span.update_name(format!("{} {route}", self.method));
         span.set_attribute(KeyValue::new("http.route", route.to_string()));
         end_with_status(span, status);
@@ -149,6 +157,10 @@ impl RequestTrace {
 
     /// Records the component's instantiation, from `started` to `ended`, as a child span.
     pub fn instantiated(&self, component: &str, started: SystemTime, ended: SystemTime) {
+        if !self.context.span().is_recording() {
+            // Its child would not be sampled either.
+            return;
+        }
         let tracer = &self.tracing.tracer;
         let mut span = tracer
             .span_builder("instantiate")
@@ -168,24 +180,25 @@ impl RequestTrace {
         headers: &mut HeaderMap,
     ) -> ClientSpan {
         let tracer = &self.tracing.tracer;
-        let mut attributes = vec![KeyValue::new("http.request.method", method.to_string())];
-        match target {
-            CallTarget::Url(uri) => {
-                attributes.push(KeyValue::new("url.full", without_secrets(uri)));
-                if let Some(host) = uri.host() {
-                    attributes.push(KeyValue::new("server.address", host.to_string()));
+        let mut span = tracer
+            .span_builder(span_name(method))
+            .with_kind(SpanKind::Client)
+            .start_with_context(tracer, &self.context);
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("http.request.method", span_name(method)));
+            match target {
+                CallTarget::Url(uri) => {
+                    span.set_attribute(KeyValue::new("url.full", without_secrets(uri)));
+                    if let Some(host) = uri.host() {
+                        span.set_attribute(KeyValue::new("server.address", host.to_string()));
+                    }
+                }
+                CallTarget::Upstream(name, path) => {
+                    span.set_attribute(KeyValue::new("wasmgate.upstream", name.to_string()));
+                    span.set_attribute(KeyValue::new("url.path", path.to_string()));
                 }
             }
-            CallTarget::Upstream(name, path) => {
-                attributes.push(KeyValue::new("wasmgate.upstream", name.to_string()));
-                attributes.push(KeyValue::new("url.path", path.to_string()));
-            }
         }
-        let span = tracer
-            .span_builder(method.to_string())
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &self.context);
         let context = self.context.with_span(span);
         let carried = self.tracing.propagator.extract(&HeaderExtractor(headers));
         let carried = carried.span().span_context().clone();
@@ -271,6 +284,21 @@ fn end_with_status(span: opentelemetry::trace::SpanRef<'_>, status: u16) {
         span.set_status(Status::error(format!("{status}")));
     }
     span.end();
+}
+
+/// A method as a span name or attribute, without an allocation for the standard ones.
+fn span_name(method: &http::Method) -> std::borrow::Cow<'static, str> {
+    use std::borrow::Cow;
+    match method.as_str() {
+        "GET" => Cow::Borrowed("GET"),
+        "POST" => Cow::Borrowed("POST"),
+        "PUT" => Cow::Borrowed("PUT"),
+        "DELETE" => Cow::Borrowed("DELETE"),
+        "HEAD" => Cow::Borrowed("HEAD"),
+        "OPTIONS" => Cow::Borrowed("OPTIONS"),
+        "PATCH" => Cow::Borrowed("PATCH"),
+        other => Cow::Owned(other.to_string()),
+    }
 }
 
 /// `uri` for a span: scheme, host, port and path, without the query (which may carry tokens) or
