@@ -352,6 +352,44 @@ component = {}
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_the_client_abandons_ends_its_span_as_cancelled() {
+    let (received, receiver) = Received::start().await;
+    let gateway = start(format!(
+        "{}
+[[route]]
+path = \"/slow\"
+component = {}
+allowed_outbound_hosts = [\"http://self\"]
+",
+        tracing_section(receiver, ""),
+        toml_path(&guest("outbound")),
+    ));
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    // The component waits 10 s before it calls out; the client (HTTP/2, so the stream is reset
+    // at once) gives up after half a second.
+    let request = http::Request::get(gateway.url(&format!(
+        "/slow?delay_ms=10000&url={}",
+        percent_encode("http://self/x")
+    )))
+    .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+    .body(common::empty())
+    .unwrap();
+    let client = common::http2();
+    let pending = tokio::spawn(async move { client.request(request).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pending.abort();
+
+    let spans = received.trace(&unhex(trace_id), 2).await;
+    let server = one(&spans, "GET", SpanKind::Server);
+    let status = server.status.as_ref().expect("a status");
+    assert_eq!(status.code, 2, "an error: {status:?}");
+    assert!(status.message.contains("cancelled"), "{status:?}");
+    // Ended when the client left, not when the component would have finished.
+    let lasted = Duration::from_nanos(server.end_time_unix_nano - server.start_time_unix_nano);
+    assert!(lasted < Duration::from_secs(5), "{lasted:?}");
+}
+
 #[test]
 fn a_bad_tracing_section_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
