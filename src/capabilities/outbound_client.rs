@@ -145,8 +145,8 @@ fn failure(error: hyper_util::client::legacy::Error, https: bool) -> Failure {
     })
 }
 
-/// The TLS settings guests' requests use: the webpki roots, the system's roots (read from the
-/// machine when the generation is built) and `[server] outbound_ca`.
+/// The TLS settings guests' requests use: the webpki roots, the system's roots (read once, when
+/// the process starts) and `[server] outbound_ca` (read when the generation is built).
 pub fn tls_config(config: &Config) -> anyhow::Result<rustls::ClientConfig> {
     let ca = config
         .server

@@ -46,6 +46,7 @@ use tokio::sync::{Semaphore, watch};
 /// first generation is built, so a slow first compile does not fail liveness probes.
 pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> anyhow::Result<()> {
     let hangups = hangup_signals();
+    crate::tls::certs::prefetch_system_roots();
     let metrics = Metrics::new();
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
