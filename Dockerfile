@@ -23,7 +23,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp guests/target/wasm32-wasip2/release/*.wasm /out/guests/
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin wasmgate \
+# The system's root certificates: components pulled from HTTPS registries (oci://) and an
+# HTTPS OTLP collector are verified against them (guests' and upstreams' HTTPS also trust the
+# bundled public roots). Unpinned on purpose: the roots should track Debian's updates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin wasmgate \
  && mkdir -p /app/data \
  && chown wasmgate /app/data
 COPY --from=build /out/wasmgate /usr/local/bin/wasmgate

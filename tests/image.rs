@@ -184,6 +184,28 @@ fn replay() -> Image {
                             image.uid = words[at + 1].parse().unwrap();
                         }
                         ["mkdir", "-p", path] => std::fs::create_dir_all(image.path(path)).unwrap(),
+                        // The image's packages: the replay runs on this machine's, so the
+                        // package must be installed here for the replay to mean anything.
+                        ["apt-get", "update"] | ["rm", "-rf", "/var/lib/apt/lists/*"] => {}
+                        [
+                            "apt-get",
+                            "install",
+                            "-y",
+                            "--no-install-recommends",
+                            packages @ ..,
+                        ] => {
+                            for package in packages {
+                                let status = Command::new("dpkg")
+                                    .args(["-s", package])
+                                    .stdout(Stdio::null())
+                                    .status()
+                                    .unwrap();
+                                assert!(
+                                    status.success(),
+                                    "the image installs {package}; this machine lacks it"
+                                );
+                            }
+                        }
                         ["chown", _, path] => image.chown(&image.path(path)),
                         _ => panic!("the replay does not know the step `{step}`"),
                     }
