@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Idle keep-alive connections: how many the gateway holds and what each costs in memory.
 # Starts the hello gateway, warms its instance pool with wrk (so pool memory is not counted as
-# the connections'), then opens CONNECTIONS (default 10000) connections, one request on each,
+# the connections'), then opens IDLE_CONNECTIONS (default 10000) connections, one request on each,
 # and keeps them open (loadtests/idle_connections.py). Needs an open-files limit above
-# CONNECTIONS for this shell and the gateway.
+# IDLE_CONNECTIONS for this shell and the gateway.
 #
 #   loadtests/connections.sh
-#   CONNECTIONS=5000 loadtests/connections.sh
+#   IDLE_CONNECTIONS=5000 loadtests/connections.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 ensure_wrk
 build_all
-count=${CONNECTIONS:-10000}
+count=${IDLE_CONNECTIONS:-10000}
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); open files: $(ulimit -n)"
 config="$RESULTS/connections.toml"
 gateway_config "$config" 18961 18962 ""

@@ -4,10 +4,28 @@
 #
 #   loadtests/run.sh                      # 64 connections, 10 s per server
 #   CONNECTIONS=128 DURATION=20s loadtests/run.sh
+#   loadtests/run.sh --all                # and then every other comparison (below)
+#   loadtests/run.sh --all --quick        # the same, 3 s per measurement, smaller sizes
 #
 # Prints requests/s and p50/p99 latency for each, the ratios, and wasmgate's instantiation p50
-# read from its own metric. Raw wrk output is kept in target/loadtests/.
+# read from its own metric. With --all it goes on with HTTP/2 against `wasmtime serve`
+# (h2.sh), start-up and footprint by route count (startup.sh), idle keep-alive connections
+# (connections.sh), tracing's cost (tracing.sh) and route lookups (cargo bench --bench router),
+# and writes everything to target/loadtests/summary.md. Raw output is kept in target/loadtests/.
 set -euo pipefail
+all=false
+quick=false
+for arg in "$@"; do
+  case $arg in
+    --all) all=true ;;
+    --quick) quick=true ;;
+    *) echo "unknown argument $arg (--all, --quick)" >&2; exit 2 ;;
+  esac
+done
+if $quick; then
+  export DURATION=${DURATION:-3s} ROUNDS=${ROUNDS:-1} IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-2000}
+  export ROUTES=${ROUTES:-"50 1000"}
+fi
 source "$(dirname "$0")/lib.sh"
 
 ensure_wrk
@@ -49,3 +67,38 @@ print(f"\nwasmgate / wasmtime serve: {g[0] / w[0]:.2f}x req/s, p99 {g[2]:.2f} ms
 print(f"wasmgate / hyper ceiling:  {g[0] / h[0]:.2f}x req/s")
 PY
 echo "wasmgate instantiation p50 (from wasmgate_instantiation_duration_seconds): ${inst_p50} us"
+
+if $all; then
+  summary="$RESULTS/summary.md"
+  here=$(dirname "$0")
+  {
+    echo "# loadtests/run.sh --all$($quick && echo ' --quick'), $(date -u +%Y-%m-%d)"
+    echo
+    echo "## hello: wasmgate, wasmtime serve -S cli, hyper (wrk)"
+    echo
+    echo "| server | req/s | p50 ms | p99 ms |"
+    echo "|---|---:|---:|---:|"
+    for r in "${results[@]}"; do set -- $r; echo "| $1 | $2 | $3 | $4 |"; done
+    echo
+    echo "## HTTP/2 (h2load)"
+    echo
+    DURATION=${DURATION:-10s} bash "$here/h2.sh"
+    echo
+    echo "## Start-up and idle RSS by route count"
+    echo
+    bash "$here/startup.sh"
+    echo
+    echo "## Idle keep-alive connections"
+    echo
+    bash "$here/connections.sh"
+    echo
+    echo "## Tracing"
+    echo
+    bash "$here/tracing.sh"
+    echo
+    echo "## Route lookups (cargo bench --bench router)"
+    echo
+    (cd "$ROOT" && cargo bench -q --bench router 2>/dev/null)
+  } | tee "$summary"
+  echo "written: $summary"
+fi
