@@ -21,9 +21,10 @@ duration=${duration%s}
 # h2load_run NAME URL [ARGS...]: a 2 s warm-up, then DURATION seconds; prints a table row.
 h2load_run() {
   local name=$1 url=$2; shift 2
+  local file="$RESULTS/h2-${name//[^A-Za-z0-9]/-}.txt"
   h2load -c"$clients" -m"$streams" -D2 "$@" "$url" >/dev/null 2>&1 || true
-  h2load -c"$clients" -m"$streams" -D"$duration" "$@" "$url" > "$RESULTS/h2-$name.txt" 2>&1
-  python3 - "$name" "$RESULTS/h2-$name.txt" <<'PY'
+  h2load -c"$clients" -m"$streams" -D"$duration" "$@" "$url" > "$file" 2>&1
+  python3 - "$name" "$file" <<'PY'
 import re, sys
 name, text = sys.argv[1], open(sys.argv[2]).read()
 rps = re.search(r"finished in .*?, ([\d.]+) req/s", text).group(1)
