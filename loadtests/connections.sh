@@ -13,11 +13,14 @@ source "$(dirname "$0")/lib.sh"
 ensure_wrk
 build_all
 count=${IDLE_CONNECTIONS:-10000}
+# Each connection is a file on both sides: raise this shell's limit (the gateway inherits it).
+ulimit -n $(( count + 1024 )) 2>/dev/null || {
+  echo "cannot raise the open-files limit to $(( count + 1024 )) (hard limit $(ulimit -Hn))" >&2; exit 1; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); open files: $(ulimit -n)"
 config="$RESULTS/connections.toml"
 gateway_config "$config" 18961 18962 ""
 # Idle connections are the subject: the idle and header timeouts must outlast the measurement.
-sed -i 's/^listen = "127.0.0.1:18961"$/listen = "127.0.0.1:18961"\nidle_timeout = "300s"\nheader_read_timeout = "300s"/' "$config"
+sed -i "s/^listen = \"127.0.0.1:18961\"\$/listen = \"127.0.0.1:18961\"\nidle_timeout = \"300s\"\nheader_read_timeout = \"300s\"\nmax_connections = $(( count + 1000 ))/" "$config"
 RUST_LOG=warn "$ROOT/target/release/wasmgate" serve "$config" >"$RESULTS/connections.log" 2>&1 & PIDS+=($!)
 wait_http http://127.0.0.1:18961/
 wrk -t2 -c200 -d3s http://127.0.0.1:18961/ >/dev/null

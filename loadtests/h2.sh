@@ -16,6 +16,9 @@ ensure_wasmtime
 build_all
 HELLO="$ROOT/guests/target/wasm32-wasip2/release/hello.wasm"
 clients=${CLIENTS:-4} streams=${STREAMS:-100} duration=${DURATION:-10}
+case $duration in
+  *ms) echo "DURATION is in whole seconds for h2load (got $duration)" >&2; exit 2 ;;
+esac
 duration=${duration%s}
 
 # h2load_run NAME URL [ARGS...]: a 2 s warm-up, then DURATION seconds; prints a table row.

@@ -15,16 +15,23 @@ async def one(i, conns):
     w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await w.drain()
     data = b""
+
+    async def more():
+        chunk = await r.read(4096)
+        if not chunk:
+            raise ConnectionError(f"connection {i}: the gateway closed it")
+        return chunk
+
     while b"\r\n\r\n" not in data:
-        data += await r.read(4096)
+        data += await more()
     head, _, rest = data.partition(b"\r\n\r\n")
     lengths = [l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")]
     if lengths:
         while len(rest) < int(lengths[0]):
-            rest += await r.read(4096)
+            rest += await more()
     else:
         while not rest.endswith(b"0\r\n\r\n"):
-            rest += await r.read(4096)
+            rest += await more()
     conns.append((r, w))
 async def main():
     before = rss_kb()

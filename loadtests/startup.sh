@@ -35,7 +35,13 @@ start() {
   local started now
   started=$(date +%s%N)
   RUST_LOG=warn "$ROOT/target/release/wasmgate" serve "$1" >"$RESULTS/startup.log" 2>&1 & PIDS+=($!)
-  until curl -fs -o /dev/null http://127.0.0.1:18972/readyz; do sleep 0.005; done
+  local tries=0
+  until curl -fs -o /dev/null http://127.0.0.1:18972/readyz; do
+    kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "the gateway exited; see $RESULTS/startup.log" >&2; exit 1; }
+    tries=$(( tries + 1 ))
+    [ "$tries" -lt 12000 ] || { echo "not ready within a minute" >&2; exit 1; }
+    sleep 0.005
+  done
   now=$(date +%s%N)
   STARTED_MS=$(( (now - started) / 1000000 ))
 }

@@ -106,6 +106,9 @@ pub struct RouteTable<T> {
     exact: HashMap<String, PathIndex>,
     /// Routes per wildcard host suffix (`.example.com`).
     suffixes: HashMap<String, PathIndex>,
+    /// The longest of those suffixes: only a request host's last this-many bytes are looked
+    /// at for them, so a host of thousands of labels costs no more than a short one.
+    longest_suffix: usize,
     any_host: PathIndex,
 }
 
@@ -341,10 +344,12 @@ impl<T> RouteTable<T> {
             };
             by_host.insert(index, &route.path);
         }
+        let longest_suffix = suffixes.keys().map(String::len).max().unwrap_or(0);
         Ok(RouteTable {
             routes,
             exact,
             suffixes,
+            longest_suffix,
             any_host,
         })
     }
@@ -355,6 +360,7 @@ impl<T> RouteTable<T> {
             routes: Vec::new(),
             exact: HashMap::new(),
             suffixes: HashMap::new(),
+            longest_suffix: 0,
             any_host: PathIndex::default(),
         }
     }
@@ -383,8 +389,11 @@ impl<T> RouteTable<T> {
                 routes.candidates(first, &mut candidates);
             }
             if !self.suffixes.is_empty() {
-                // Every parent domain of the host is a suffix a wildcard route may have.
-                for (at, _) in host.match_indices('.') {
+                // Every parent domain of the host no longer than the longest wildcard suffix
+                // is one a wildcard route may have.
+                let from = host.len().saturating_sub(self.longest_suffix);
+                let dots = (from..host.len()).filter(|&at| host.as_bytes()[at] == b'.');
+                for at in dots {
                     let suffix = &host[at..];
                     if let Some(routes) = self.suffixes.get(suffix)
                         && suffix_matches(suffix, host)
@@ -766,7 +775,7 @@ mod tests {
             let mut path = String::new();
             for _ in 0..depth {
                 path.push('/');
-                path.push_str(segments[next(4)]);
+                path.push_str(segments[next(segments.len())]);
             }
             if next(3) == 0 {
                 path.push_str("/...");
@@ -804,6 +813,26 @@ mod tests {
             Some("other.org"),
         ];
         let request_segments = ["api", "v1", "42", "items", "", "zzz"];
+        let indexed = |host: Option<&str>, method: &Method, path: &str| match table.lookup(
+            host,
+            method,
+            path,
+            |_| true,
+        ) {
+            Lookup::Found(m) => m.target.clone(),
+            Lookup::MethodNotAllowed { allow } => format!("405 {allow:?}"),
+            Lookup::NotFound => "404".to_string(),
+        };
+        // A host of thousands of labels is looked at only as far as the longest suffix, and
+        // still matches the wildcards it ends with.
+        let long_host = format!("{}x.b.example.com", "a.".repeat(30_000));
+        for path in ["/api", "/v1/items", "/"] {
+            assert_eq!(
+                indexed(Some(&long_host), &Method::GET, path),
+                lookup_by_scan(&table, Some(&long_host), &Method::GET, path),
+                "{path}"
+            );
+        }
         for _ in 0..5_000 {
             let mut path = String::new();
             for _ in 0..1 + next(4) {
@@ -812,13 +841,8 @@ mod tests {
             }
             let host = request_hosts[next(request_hosts.len())];
             let method = [Method::GET, Method::POST, Method::DELETE][next(3)].clone();
-            let indexed = match table.lookup(host, &method, &path, |_| true) {
-                Lookup::Found(m) => m.target.clone(),
-                Lookup::MethodNotAllowed { allow } => format!("405 {allow:?}"),
-                Lookup::NotFound => "404".to_string(),
-            };
             assert_eq!(
-                indexed,
+                indexed(host, &method, &path),
                 lookup_by_scan(&table, host, &method, &path),
                 "{method} {host:?} {path}"
             );
