@@ -168,6 +168,7 @@ pub fn normalize_authority(authority: &str) -> Result<String, Rejection> {
     if !host.starts_with('[') {
         let name = host.strip_suffix('.').unwrap_or(host);
         if name.is_empty()
+            || name.len() > MAX_HOST_NAME
             || name.ends_with('.')
             || name.starts_with('.')
             || name.contains("..")
@@ -179,6 +180,10 @@ pub fn normalize_authority(authority: &str) -> Result<String, Rejection> {
     }
     Ok(host.to_ascii_lowercase())
 }
+
+/// The longest host name DNS can carry (RFC 1035: 253 characters without the final dot). A
+/// longer one names nothing that can be resolved, and only makes every host lookup longer.
+const MAX_HOST_NAME: usize = 253;
 
 /// RFC 3986 reg-name characters: unreserved and sub-delims (percent-encoding is not accepted in
 /// a host here: no client needs it and it would let two spellings name one host).
@@ -234,6 +239,11 @@ mod tests {
         ] {
             assert_eq!(host_of(bad), Err(Rejection::BadHost), "{bad:?}");
         }
+        // The longest DNS name, and one byte more.
+        let longest = format!("{}.com", "a".repeat(249));
+        assert_eq!(host_of(&format!("{longest}:443")), Ok(longest.clone()));
+        assert_eq!(host_of(&format!("{longest}.")), Ok(longest.clone()));
+        assert_eq!(host_of(&format!("a{longest}")), Err(Rejection::BadHost));
     }
 
     #[test]
