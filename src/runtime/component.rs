@@ -239,38 +239,49 @@ fn cache_file(serialized: &[u8]) -> Vec<u8> {
     file
 }
 
+/// The sha256 of `bytes` in lower-case hex: how cache files (and pulled components) are named.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 fn cache_path(engine: &Engine, dir: &Path, wasm: &[u8]) -> PathBuf {
-    let digest = Sha256::digest(wasm);
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        hex.push_str(&format!("{byte:02x}"));
-    }
+    let hex = sha256_hex(wasm);
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     CACHE_MAGIC.hash(&mut hasher);
     dir.join(format!("{hex}-{:016x}.cwasm", hasher.finish()))
 }
 
-/// Writes the compiled component to a uniquely named temporary file in the cache directory,
-/// then renames it over `path` (atomic within a file system).
+/// Writes the compiled component to the cache (see [`write_atomically`]).
 fn store_in_cache(component: &Component, path: &Path) -> anyhow::Result<()> {
+    let serialized = component
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    write_atomically(path, &cache_file(&serialized))
+}
+
+/// Writes `bytes` to a uniquely named temporary file in `path`'s directory (created if
+/// missing), then renames it over `path` (atomic within a file system), so gateways sharing
+/// the cache never read half a file. For the compile cache and the store of pulled components.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     let dir = path.parent().context("cache path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let serialized = component
-        .serialize()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     // Readable by the group and others as before (under the umask): another gateway sharing the
     // cache may run as another user of the operator's group.
     let mut tmp = tempfile::Builder::new()
-        .prefix(".cwasm-")
+        .prefix(".cache-")
         .suffix(".tmp")
         .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    tmp.write_all(&cache_file(&serialized))
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", tmp.path().display()))?;
     tmp.persist(path)
         .map_err(|e| e.error)

@@ -25,15 +25,14 @@
 
 use crate::capabilities::config_store::expand_env;
 use crate::config::{Config, RegistryConfig};
+use crate::runtime::component::{sha256_hex, write_atomically};
 use anyhow::{Context, bail};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What a component path starts with when it names a registry reference.
@@ -418,7 +417,7 @@ impl Store {
             bail!("the registry sent a layer whose digest is {actual}, not {digest}");
         }
         let file = self.blob_path(digest)?;
-        self.write(&file, bytes)?;
+        write_atomically(&file, bytes)?;
         Ok(file)
     }
 
@@ -427,11 +426,11 @@ impl Store {
             .root
             .join("manifests")
             .join(digest_path(manifest_digest)?);
-        self.write(&record, layer_digest.as_bytes())
+        write_atomically(&record, layer_digest.as_bytes())
     }
 
     fn remember_tag(&self, reference: &str, manifest_digest: &str) -> anyhow::Result<()> {
-        self.write(&self.tag_path(reference), manifest_digest.as_bytes())
+        write_atomically(&self.tag_path(reference), manifest_digest.as_bytes())
     }
 
     fn last_resolved(&self, reference: &str) -> anyhow::Result<Option<String>> {
@@ -450,24 +449,8 @@ impl Store {
     }
 
     fn tag_path(&self, reference: &str) -> PathBuf {
-        let name = hex(&Sha256::digest(reference.as_bytes()));
+        let name = sha256_hex(reference.as_bytes());
         self.root.join("tags").join(name)
-    }
-
-    /// Writes `bytes` to `file` through a temporary file renamed into place, so a gateway that
-    /// shares the cache never reads half a file.
-    fn write(&self, file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-        let dir = file.parent().unwrap_or(&self.root);
-        let mut temporary = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("cannot write in {}", dir.display()))?;
-        temporary
-            .write_all(bytes)
-            .and_then(|()| temporary.as_file().sync_all())
-            .with_context(|| format!("cannot write {}", file.display()))?;
-        temporary
-            .persist(file)
-            .with_context(|| format!("cannot write {}", file.display()))?;
-        Ok(())
     }
 }
 
@@ -487,11 +470,7 @@ fn digest_path(digest: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("sha256:{}", sha256_hex(bytes))
 }
 
 #[cfg(test)]
