@@ -526,18 +526,25 @@ impl OutboundPolicy {
     }
 
     /// Serves a request to `http://self` through the gateway's own router, in process.
-    fn dispatch_to_self(&self, request: http::Request<WasiBody>) -> Pin<SendFuture> {
+    fn dispatch_to_self(
+        &self,
+        request: http::Request<WasiBody>,
+    ) -> impl Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send + 'static
+    {
         let depth = self.self_calls.depth + 1;
-        if depth > MAX_SELF_DEPTH {
+        let too_deep = depth > MAX_SELF_DEPTH;
+        if too_deep {
             tracing::warn!(route = %self.route, request_id = %self.request_id, depth, "self-calls nest too deep");
-            return Box::pin(async { Err(Error::LoopDetected) });
         }
         let gateway = self.self_handle.get().and_then(std::sync::Weak::upgrade);
         let calls = SelfCalls {
             depth,
             pinned: self.self_calls.pinned.clone(),
         };
-        Box::pin(async move {
+        async move {
+            if too_deep {
+                return Err(Error::LoopDetected);
+            }
             let Some(gateway) = gateway else {
                 return Err(Error::InternalError(Some(
                     "the gateway is not serving".into(),
@@ -545,7 +552,7 @@ impl OutboundPolicy {
             };
             let response = gateway.dispatch(request, calls).await;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
-        })
+        }
     }
 }
 
