@@ -9,7 +9,7 @@
 #
 # Prints requests/s and p50/p99 latency for each, the ratios, and wasmgate's instantiation p50
 # read from its own metric. With --all it goes on with HTTP/2 against `wasmtime serve`
-# (h2.sh), start-up and footprint by route count (startup.sh), idle keep-alive connections
+# (h2.sh), instance reuse against `wasmtime serve --max-instance-reuse-count` (reuse.sh), start-up and footprint by route count (startup.sh), idle keep-alive connections
 # (connections.sh), tracing's cost (tracing.sh) and route lookups (cargo bench --bench router),
 # and writes everything to target/loadtests/summary.md. Raw output is kept in target/loadtests/.
 set -euo pipefail
@@ -83,6 +83,10 @@ if $all; then
     echo "## HTTP/2 (h2load)"
     echo
     DURATION=${DURATION:-10s} bash "$here/h2.sh"
+    echo
+    echo "## Instance reuse (wrk)"
+    echo
+    bash "$here/reuse.sh"
     echo
     echo "## Start-up and idle RSS by route count"
     echo

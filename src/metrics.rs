@@ -42,6 +42,8 @@ pub struct Metrics {
     active_requests: IntGaugeVec,
     instantiation_duration: HistogramVec,
     instances_active: IntGaugeVec,
+    instances_idle: IntGaugeVec,
+    instance_reuses: IntCounterVec,
     admission_rejected: IntCounterVec,
     guest_traps: IntCounterVec,
     outbound_requests: IntCounterVec,
@@ -122,6 +124,16 @@ impl Metrics {
             instances_active: gauge(
                 "wasmgate_instances_active",
                 "Component instances alive now.",
+                &["route"],
+            ),
+            instances_idle: gauge(
+                "wasmgate_instances_idle",
+                "Component instances kept for reuse (a route's `reuse`), waiting for a request.",
+                &["route"],
+            ),
+            instance_reuses: counter(
+                "wasmgate_instance_reuses_total",
+                "Requests served by an instance that had served an earlier request (a route's `reuse`).",
                 &["route"],
             ),
             admission_rejected: counter(
@@ -363,6 +375,8 @@ impl Metrics {
             active_requests: self.active_requests.with_label_values(&[route]),
             instantiation: self.instantiation_duration.with_label_values(&[route]),
             instances_active: self.instances_active.with_label_values(&[route]),
+            instances_idle: self.instances_idle.with_label_values(&[route]),
+            instance_reuses: self.instance_reuses.with_label_values(&[route]),
             traps: [TrapKind::Trap, TrapKind::Timeout, TrapKind::Memory]
                 .map(|k| self.guest_traps.with_label_values(&[route, k.as_str()])),
             rejected: [
@@ -518,6 +532,10 @@ pub struct RouteMetrics {
     pub active_requests: IntGauge,
     pub instantiation: Histogram,
     pub instances_active: IntGauge,
+    /// Instances of a route with `reuse` waiting for their next request.
+    pub instances_idle: IntGauge,
+    /// Requests served by a reused instance.
+    pub instance_reuses: IntCounter,
     traps: [IntCounter; 3],
     rejected: [IntCounter; 3],
     outbound_allowed: IntCounter,

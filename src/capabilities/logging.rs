@@ -78,11 +78,14 @@ impl LogBudget {
         RequestLog(Arc::new(RequestLogInner {
             metrics,
             component,
-            request_id,
-            remaining: Mutex::new(Remaining {
-                messages: self.messages,
-                bytes: self.bytes,
-                dropped: 0,
+            budget: (self.messages, self.bytes),
+            current: Mutex::new(Current {
+                request_id,
+                remaining: Remaining {
+                    messages: self.messages,
+                    bytes: self.bytes,
+                    dropped: 0,
+                },
             }),
         }))
     }
@@ -163,6 +166,8 @@ pub fn error_summary(error: &wasmtime::Error) -> String {
 
 /// The log budget of one request, shared by everything that logs for its guest. Cheap to clone;
 /// when the last clone goes (with the request's store), it logs how many lines it dropped.
+/// An instance that serves more than one request (a route's `reuse`) keeps its clones and
+/// [`renew`](RequestLog::renew)s them for each request.
 #[derive(Clone)]
 pub struct RequestLog(Arc<RequestLogInner>);
 
@@ -171,8 +176,15 @@ struct RequestLogInner {
     metrics: Arc<RouteMetrics>,
     /// The route's component, as `RouteSettings::component` names it.
     component: Arc<str>,
+    /// A request's budget: messages and bytes.
+    budget: (u32, u64),
+    current: Mutex<Current>,
+}
+
+/// The request being logged for, and what is left of its budget.
+struct Current {
     request_id: Arc<str>,
-    remaining: Mutex<Remaining>,
+    remaining: Remaining,
 }
 
 #[derive(Debug)]
@@ -206,14 +218,28 @@ impl RequestLog {
     /// Takes a line of `len` bytes at `level` (an index into [`GUEST_LOG_LEVELS`]) from the
     /// budget, and counts it as logged or dropped.
     pub fn admit(&self, len: usize, level: usize) -> Admit {
-        let admit = self
-            .0
-            .remaining
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take(len);
+        let admit = self.current().remaining.take(len);
         self.0.metrics.guest_log(level, admit);
         admit
+    }
+
+    /// Starts logging for the next request of a reused instance: the finished request's
+    /// dropped lines are reported, and the new one gets a full budget.
+    pub fn renew(&self, request_id: Arc<str>) {
+        let (messages, bytes) = self.0.budget;
+        let finished = std::mem::replace(
+            &mut *self.current(),
+            Current {
+                request_id,
+                remaining: Remaining {
+                    messages,
+                    bytes,
+                    dropped: 0,
+                },
+            },
+        );
+        self.0
+            .report_dropped(&finished.request_id, finished.remaining.dropped);
     }
 
     pub fn route(&self) -> &str {
@@ -224,35 +250,45 @@ impl RequestLog {
         &self.0.component
     }
 
-    pub fn request_id(&self) -> &str {
-        &self.0.request_id
+    pub fn request_id(&self) -> Arc<str> {
+        self.current().request_id.clone()
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     #[cfg(test)]
     fn dropped(&self) -> u64 {
-        self.0
-            .remaining
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .dropped
+        self.current().remaining.dropped
+    }
+}
+
+impl RequestLogInner {
+    /// Logs how many lines a finished request dropped, if any.
+    fn report_dropped(&self, request_id: &str, dropped: u64) {
+        if dropped > 0 {
+            tracing::warn!(
+                target: "wasmgate::guest",
+                route = %self.metrics.route, component = %self.component,
+                request_id, dropped,
+                "the component used up its log budget for this request: {dropped} lines dropped"
+            );
+        }
     }
 }
 
 impl Drop for RequestLogInner {
     fn drop(&mut self) {
-        let dropped = self
-            .remaining
+        let current = self
+            .current
             .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .dropped;
-        if dropped > 0 {
-            tracing::warn!(
-                target: "wasmgate::guest",
-                route = %self.metrics.route, component = %self.component,
-                request_id = %self.request_id, dropped,
-                "the component used up its log budget for this request: {dropped} lines dropped"
-            );
-        }
+            .unwrap_or_else(PoisonError::into_inner);
+        let (request_id, dropped) = (current.request_id.clone(), current.remaining.dropped);
+        self.report_dropped(&request_id, dropped);
     }
 }
 
@@ -297,7 +333,7 @@ impl logging::Host for LoggingView<'_> {
         let (route, component, request_id) = (
             self.log.route(),
             self.log.component(),
-            self.log.request_id(),
+            &*self.log.request_id(),
         );
         let context = context.as_str();
         match level {
@@ -507,6 +543,19 @@ mod tests {
         assert_eq!(stderr.admit(1, 3), Admit::Log);
         assert_eq!(stdout.admit(1, 2), Admit::Drop);
         assert_eq!(log.dropped(), 1);
+    }
+
+    #[test]
+    fn a_renewed_log_has_the_new_request_and_a_full_budget_in_every_clone() {
+        let log = request_log(1, 1000);
+        let stdout = log.clone();
+        assert_eq!(stdout.admit(1, 2), Admit::Log);
+        assert_eq!(stdout.admit(1, 2), Admit::Drop);
+        log.renew("second".into());
+        assert_eq!(&*stdout.request_id(), "second");
+        assert_eq!(log.dropped(), 0);
+        assert_eq!(stdout.admit(1, 2), Admit::Log);
+        assert_eq!(log.admit(1, 2), Admit::Drop);
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl LineLogger {
         }
         let text = String::from_utf8_lossy(&self.line);
         let text = text.strip_suffix('\r').unwrap_or(&text);
-        let (route, component, request_id) = (log.route(), log.component(), log.request_id());
+        let (route, component, request_id) = (log.route(), log.component(), &*log.request_id());
         match stream {
             Stream::Stdout => tracing::info!(
                 target: "wasmgate::guest",

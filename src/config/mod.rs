@@ -14,6 +14,7 @@ pub mod listener;
 pub mod middleware;
 pub mod overrides;
 pub mod registry;
+pub mod reuse;
 pub mod split;
 pub mod telemetry;
 pub mod units;
@@ -445,6 +446,8 @@ pub struct RouteConfig {
     /// `[engine] max_instance_memory`.
     #[serde(default, deserialize_with = "units::opt_size")]
     pub max_memory: Option<u64>,
+    /// Serve more than one request from one instance (weaker isolation; off by default).
+    pub reuse: Option<reuse::ReuseConfig>,
 }
 
 fn default_max_concurrency() -> usize {
@@ -721,6 +724,9 @@ impl Config {
             if route.timeout.is_some_and(|t| t.is_zero()) {
                 bail!("{name}: timeout must be longer than zero");
             }
+            if let Some(reuse) = &route.reuse {
+                reuse.check(&name)?;
+            }
             for key in route.env.keys() {
                 if key.is_empty() || key.contains('=') || key.contains('\0') {
                     bail!("{name}: env key `{key}` is not a valid variable name");
@@ -793,6 +799,7 @@ impl Config {
                 ("blobstore", route.blobstore.is_some()),
                 ("config", !route.config.is_empty()),
                 ("max_memory", route.max_memory.is_some()),
+                ("reuse", route.reuse.is_some()),
             ];
             if let Some((key, _)) = component_only.iter().find(|(_, set)| *set) {
                 bail!("{name}: `{key}` is for component routes, not upstream routes");

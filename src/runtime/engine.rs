@@ -20,6 +20,7 @@
 //! at the next tick, so a guest that computes without pause yields to the executor at least once
 //! per tick and a request's deadline can take effect (see `runtime::instance`).
 
+use super::reuse::IdleRegistry;
 use crate::config::EngineConfig;
 use anyhow::Context;
 use std::sync::Arc;
@@ -106,9 +107,13 @@ fn wasmtime_config(pool: Option<PoolingAllocationConfig>) -> Config {
     wasm
 }
 
-/// The slots of `[engine] max_instances`, shared by every route (module docs).
+/// The slots of `[engine] max_instances`, shared by every route (module docs), and the idle
+/// instances of routes with `reuse`, which keep theirs ([`super::reuse`]).
 #[derive(Clone)]
-pub struct InstanceSlots(Arc<Semaphore>);
+pub struct InstanceSlots {
+    free: Arc<Semaphore>,
+    idle: IdleRegistry,
+}
 
 /// One live instance's slot; dropping it gives it back.
 pub type InstanceSlot = OwnedSemaphorePermit;
@@ -118,12 +123,28 @@ impl InstanceSlots {
         let slots = usize::try_from(max_instances)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
-        InstanceSlots(Arc::new(Semaphore::new(slots)))
+        InstanceSlots {
+            free: Arc::new(Semaphore::new(slots)),
+            idle: IdleRegistry::default(),
+        }
     }
 
-    /// A free slot, or `None` when `max_instances` instances are alive; never waits.
+    /// A free slot, or `None` when `max_instances` instances are alive and none of them is
+    /// idle; never waits. Idle instances are dropped, longest idle first, to free one.
     pub fn try_take(&self) -> Option<InstanceSlot> {
-        self.0.clone().try_acquire_owned().ok()
+        loop {
+            if let Ok(slot) = self.free.clone().try_acquire_owned() {
+                return Some(slot);
+            }
+            if !self.idle.reclaim_one() {
+                return None;
+            }
+        }
+    }
+
+    /// Where routes with `reuse` register their idle instances.
+    pub fn idle(&self) -> &IdleRegistry {
+        &self.idle
     }
 }
 

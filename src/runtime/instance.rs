@@ -7,6 +7,8 @@
 //! 2. creates a `Store` with fresh [`HostState`]: WASI, `wasi:http` with the route's outbound
 //!    policy, and a memory limiter;
 //! 3. instantiates the pre-instantiated component (`ProxyPre`) from the pooling allocator;
+//!    on a route with `reuse`, steps 2 and 3 are skipped when an idle instance of the route is
+//!    waiting ([`super::reuse`]): its store is readied for the request instead;
 //! 4. calls `wasi:http/incoming-handler.handle`, on the request's own task until the guest sets
 //!    its response, then (if it is not finished) in a task of its own, so the guest can keep
 //!    writing the response body after the headers went out.
@@ -14,7 +16,8 @@
 //! The store asks to be interrupted at every epoch tick and then yields to the executor, so a
 //! guest that computes without pause cannot hold a worker thread; the route's timeout is a
 //! deadline over the whole call (instantiation, handler, body), after which the call is dropped
-//! and the instance with it.
+//! and the instance with it. An instance goes back to the route's idle ones only when its
+//! handler returned cleanly.
 //!
 //! The handler's task publishes how the guest ended ([`GuestEnd`]) *before* it drops the store.
 //! That ordering is what lets the request side tell a guest that never answered (500), one that
@@ -22,8 +25,9 @@
 
 use super::admission::Admission;
 use super::admission::RejectReason;
-use super::engine::InstanceSlots;
-use super::response::{GuestBody, GuestEnd};
+use super::engine::{InstanceSlot, InstanceSlots};
+use super::response::{GuestBody, GuestEnd, Leftover};
+use super::reuse::{IdleInstances, Kept, Warm};
 use crate::body::{CutFlag, ResponseBody};
 use crate::capabilities::blobstore::{self, host::BlobStoreView};
 use crate::capabilities::config_store::{self, ConfigValues, ConfigView};
@@ -32,6 +36,7 @@ use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, Requ
 use crate::capabilities::outbound_client::OutboundClient;
 use crate::capabilities::outbound_http::{OutboundPolicy, SelfCalls, SelfHandle};
 use crate::capabilities::wasi::guest_context;
+use crate::config::reuse::ReuseConfig;
 use crate::metrics::{GaugeGuard, RouteMetrics};
 use crate::otel::RequestTrace;
 use bytes::Bytes;
@@ -89,6 +94,26 @@ impl HostState {
 }
 
 impl HostState {
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// Readies a reused instance's state for the next request: the request's id, trace and
+    /// self-call depth for outgoing calls and log lines, a fresh log budget, and the memory
+    /// limiter's memory of refusing cleared (the grants stay: the memory is still there).
+    fn begin_request(
+        &mut self,
+        request_id: &Arc<str>,
+        self_calls: SelfCalls,
+        trace: Option<RequestTrace>,
+    ) {
+        self.outbound.request_id = request_id.clone();
+        self.outbound.self_calls = self_calls;
+        self.outbound.trace = trace;
+        self.log.renew(request_id.clone());
+        self.limiter.refused = false;
+    }
+
     fn blobstore(&mut self) -> BlobStoreView<'_> {
         BlobStoreView {
             table: &mut self.table,
@@ -237,6 +262,8 @@ pub struct RouteSettings {
     /// A fresh copy for each request.
     pub log_budget: LogBudget,
     pub self_handle: SelfHandle,
+    /// Serve more than one request per instance (off: a fresh instance per request).
+    pub reuse: Option<ReuseConfig>,
 }
 
 /// A route served by a component.
@@ -244,6 +271,16 @@ pub struct ComponentRoute {
     settings: RouteSettings,
     pre: ProxyPre<HostState>,
     metrics: Arc<RouteMetrics>,
+    /// The instances kept between requests, for a route with `reuse`.
+    idle: Option<Arc<IdleInstances>>,
+}
+
+/// A request's store and its slot of `max_instances`; the store is dropped first.
+struct Lease {
+    store: Store<HostState>,
+    /// The instance, when a reused one serves the request; a fresh one is created in `store`.
+    kept: Option<Kept>,
+    slot: InstanceSlot,
 }
 
 impl ComponentRoute {
@@ -252,10 +289,17 @@ impl ComponentRoute {
         pre: ProxyPre<HostState>,
         metrics: Arc<RouteMetrics>,
     ) -> ComponentRoute {
+        let idle = settings.reuse.map(|reuse| {
+            let idle = IdleInstances::new(reuse, metrics.clone());
+            settings.instances.idle().register(&idle);
+            idle.start_sweeper();
+            idle
+        });
         ComponentRoute {
             settings,
             pre,
             metrics,
+            idle,
         }
     }
 
@@ -293,18 +337,11 @@ impl ComponentRoute {
             self.metrics.rejected(reason);
             Failure::Rejected(reason)
         })?;
-        // Taken after the route's permit (so a request queued for the route holds no slot) and
-        // given back after the store is dropped, with the permit.
-        let slot = self.settings.instances.try_take().ok_or_else(|| {
-            self.metrics.rejected(RejectReason::PoolExhausted);
-            Failure::Rejected(RejectReason::PoolExhausted)
-        })?;
+        let mut lease = self.lease(request_id, self_calls, trace.clone())?;
         let deadline = Instant::now() + self.settings.timeout;
-
-        let mut store = self.new_store(request_id, self_calls, trace.clone());
         let (response_tx, response_rx) = oneshot::channel();
         let (incoming, outparam) = {
-            let mut http = store.data_mut().http();
+            let mut http = lease.store.data_mut().http();
             let incoming = http
                 .new_incoming_request(scheme, request)
                 .map_err(|e| Failure::BadRequest(format!("{e:#}")))?;
@@ -321,37 +358,39 @@ impl ComponentRoute {
         let guest = Box::pin(async move {
             let request_id = task_request_id;
             let _permit = permit;
-            let _slot = slot;
             let run = async {
-                let started = std::time::Instant::now();
-                let proxy = route
-                    .pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(|e| (e, Stage::Instantiate))?;
-                let took = started.elapsed();
-                route.metrics.instantiation.observe(took.as_secs_f64());
-                if let Some(trace) = &trace {
-                    let ended = std::time::SystemTime::now();
-                    let started = ended.checked_sub(took).unwrap_or(ended);
-                    trace.instantiated(&route.settings.component, started, ended);
-                }
+                let kept = match lease.kept.take() {
+                    Some(kept) => kept,
+                    None => route.instantiate(&mut lease.store, trace.as_ref()).await?,
+                };
                 let _alive = GaugeGuard::inc(&route.metrics.instances_active);
-                proxy
+                kept.proxy
                     .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, outparam)
+                    .call_handle(&mut lease.store, incoming, outparam)
                     .await
-                    .map_err(|e| (e, Stage::Handle))
+                    .map_err(|e| (e, Stage::Handle))?;
+                Ok(kept)
             };
-            let end = match tokio::time::timeout_at(deadline, run).await {
-                Ok(Ok(())) => GuestEnd::Returned,
+            let (end, kept) = match tokio::time::timeout_at(deadline, run).await {
+                Ok(Ok(kept)) => match Leftover::find(lease.store.data_mut().table()) {
+                    Leftover::Nothing => (GuestEnd::Returned, Some(kept)),
+                    // Complete for the client, but the store keeps part of the request.
+                    Leftover::RequestHeld => (GuestEnd::Returned, None),
+                    Leftover::ResponseUnfinished => {
+                        tracing::warn!(
+                            route = %route.settings.name, request_id = %request_id,
+                            "component returned with its response unfinished; it is cut off"
+                        );
+                        (GuestEnd::ReturnedUnfinished, None)
+                    }
+                },
                 Ok(Err((error, stage))) => {
-                    let kind = if store.data().limiter.refused {
+                    let kind = if lease.store.data().limiter.refused {
                         TrapKind::Memory
                     } else {
                         TrapKind::Trap
                     };
-                    route.guest_failed(&request_id, &error, stage, kind)
+                    (route.guest_failed(&request_id, &error, stage, kind), None)
                 }
                 Err(_) => {
                     route.metrics.trap(TrapKind::Timeout);
@@ -360,12 +399,14 @@ impl ComponentRoute {
                         timeout_ms = route.settings.timeout.as_millis() as u64,
                         "component ran past the route's timeout and was stopped"
                     );
-                    GuestEnd::TimedOut
+                    (GuestEnd::TimedOut, None)
                 }
             };
-            // Publish the end before the store (and the guest's body sender with it) is dropped.
+            // Publish the end before the store (and the guest's body sender with it) is dropped
+            // or kept for the next request.
             let _ = end_tx.send(end);
-            drop(store);
+            lease.kept = kept;
+            route.release(lease);
         });
 
         // Run the guest on this task until it sets its response: a guest that answers and
@@ -419,6 +460,87 @@ impl ComponentRoute {
                 }
             }
         }
+    }
+
+    /// A store and slot for the request: a reused instance's, when the route keeps idle ones
+    /// and has one, else a fresh store and a free slot (or the pool-exhaustion 503). Taken after
+    /// the route's permit, so a request queued for the route holds no slot; the slot is given
+    /// back after the store is dropped.
+    fn lease(
+        &self,
+        request_id: &Arc<str>,
+        self_calls: SelfCalls,
+        trace: Option<RequestTrace>,
+    ) -> Result<Lease, Failure> {
+        if let Some(Warm {
+            mut store,
+            kept,
+            slot,
+        }) = self.idle.as_ref().and_then(|idle| idle.take())
+        {
+            store
+                .data_mut()
+                .begin_request(request_id, self_calls, trace);
+            store.set_epoch_deadline(1);
+            self.metrics.instance_reuses.inc();
+            return Ok(Lease {
+                store,
+                kept: Some(kept),
+                slot,
+            });
+        }
+        let slot = self.settings.instances.try_take().ok_or_else(|| {
+            self.metrics.rejected(RejectReason::PoolExhausted);
+            Failure::Rejected(RejectReason::PoolExhausted)
+        })?;
+        Ok(Lease {
+            store: self.new_store(request_id, self_calls, trace),
+            kept: None,
+            slot,
+        })
+    }
+
+    /// Creates the request's instance in its fresh store.
+    async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+        trace: Option<&RequestTrace>,
+    ) -> Result<Kept, (wasmtime::Error, Stage)> {
+        let started = std::time::Instant::now();
+        let proxy = self
+            .pre
+            .instantiate_async(store)
+            .await
+            .map_err(|e| (e, Stage::Instantiate))?;
+        let took = started.elapsed();
+        self.metrics.instantiation.observe(took.as_secs_f64());
+        if let Some(trace) = trace {
+            let ended = std::time::SystemTime::now();
+            let started = ended.checked_sub(took).unwrap_or(ended);
+            trace.instantiated(&self.settings.component, started, ended);
+        }
+        Ok(Kept {
+            proxy,
+            served: 0,
+            born: started,
+        })
+    }
+
+    /// Ends the request's hold on its store: an instance that served it cleanly (`kept` is
+    /// given back only then) goes back to the route's idle instances (with `reuse`); any other
+    /// is dropped, then its slot.
+    fn release(&self, mut lease: Lease) {
+        let (Some(idle), Some(kept)) = (&self.idle, lease.kept.take()) else {
+            return;
+        };
+        if lease.store.data().limiter.refused {
+            return;
+        }
+        idle.put(Warm {
+            store: lease.store,
+            kept,
+            slot: lease.slot,
+        });
     }
 
     fn new_store(

@@ -531,6 +531,7 @@ fn component_route(
             config.logging.max_guest_messages,
             config.logging.max_guest_bytes,
         ),
+        reuse: route.reuse,
     };
     let metrics = process.metrics.route(&route.label());
     Ok(ComponentRoute::new(settings, pre, metrics))

@@ -8,3 +8,4 @@ pub mod linking;
 pub mod loader;
 pub mod oci;
 pub mod response;
+pub mod reuse;

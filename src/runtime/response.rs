@@ -1,7 +1,8 @@
 //! A guest's response body, and how the guest's handler ended.
 //!
 //! wasmtime ends a guest's response body cleanly when the guest's store goes away, even when the
-//! guest trapped or ran out of time halfway through writing it. [`GuestBody`] turns that end into
+//! guest trapped or ran out of time halfway through writing it, or returned from its handler
+//! with the body neither finished nor dropped (kept in a global: [`Leftover`]). [`GuestBody`] turns that end into
 //! an error, so hyper aborts the response (HTTP/1.1 closes the connection without the last chunk,
 //! HTTP/2 resets the stream) and a client never takes a truncated body for a complete one. The
 //! same goes for a response written while the gateway cut the *request* body off (it was over
@@ -13,6 +14,9 @@ use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::watch;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi_http::p2::body::{HostIncomingBody, HostOutgoingBody};
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 /// How a guest's handler ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +33,47 @@ pub enum GuestEnd {
     PoolExhausted,
     /// No instance could be created for another reason.
     InstantiationFailed,
+    /// Returned with its response unfinished: the response-outparam never set, or a body
+    /// neither finished nor dropped ([`Leftover::ResponseUnfinished`]).
+    ReturnedUnfinished,
 }
 
 impl GuestEnd {
     /// Whether the guest stopped without finishing its work.
     pub fn failed(self) -> bool {
         !matches!(self, GuestEnd::Running | GuestEnd::Returned)
+    }
+}
+
+/// What a guest's handler left of its HTTP exchange in its store when it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Leftover {
+    /// Nothing: every resource of the exchange was finished or dropped.
+    Nothing,
+    /// The request, or its body, is still held (in a global): the response may be complete.
+    RequestHeld,
+    /// A response-outparam never set, or an outgoing body (the response's, or that of a request
+    /// the guest sent) neither finished nor dropped. Dropping the store would end such a body
+    /// as if it were complete.
+    ResponseUnfinished,
+}
+
+impl Leftover {
+    /// Looks through the store's resource table; a handful of entries once a handler returned.
+    pub fn find(table: &mut ResourceTable) -> Leftover {
+        table
+            .iter_mut()
+            .map(|entry| {
+                if entry.is::<HostResponseOutparam>() || entry.is::<HostOutgoingBody>() {
+                    Leftover::ResponseUnfinished
+                } else if entry.is::<HostIncomingRequest>() || entry.is::<HostIncomingBody>() {
+                    Leftover::RequestHeld
+                } else {
+                    Leftover::Nothing
+                }
+            })
+            .max()
+            .unwrap_or(Leftover::Nothing)
     }
 }
 
