@@ -93,7 +93,7 @@ fn check_names_the_route_the_file_and_the_problem() {
             vec![
                 "route 1 (/x)".into(),
                 "not-a-proxy.wasm".into(),
-                "does not export `wasi:http/incoming-handler`".into(),
+                "exports neither `wasi:http/incoming-handler` (WASI 0.2) nor `wasi:http/handler@0.3.0`".into(),
             ],
         ),
         (

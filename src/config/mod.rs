@@ -448,6 +448,14 @@ pub struct RouteConfig {
     pub max_memory: Option<u64>,
     /// Serve more than one request from one instance (weaker isolation; off by default).
     pub reuse: Option<reuse::ReuseConfig>,
+    /// Requests one instance of a `wasi:http` 0.3 component may run at once; more than 1 needs
+    /// `reuse`.
+    #[serde(default = "default_max_concurrent_per_instance")]
+    pub max_concurrent_per_instance: usize,
+}
+
+fn default_max_concurrent_per_instance() -> usize {
+    1
 }
 
 fn default_max_concurrency() -> usize {
@@ -727,6 +735,16 @@ impl Config {
             if let Some(reuse) = &route.reuse {
                 reuse.check(&name)?;
             }
+            if route.max_concurrent_per_instance == 0 {
+                bail!("{name}: max_concurrent_per_instance must be at least 1");
+            }
+            if route.max_concurrent_per_instance > 1 && route.reuse.is_none() {
+                bail!(
+                    "{name}: max_concurrent_per_instance above 1 shares an instance between \
+                     requests: add `reuse` too (without it every request has an instance of its \
+                     own)"
+                );
+            }
             for key in route.env.keys() {
                 if key.is_empty() || key.contains('=') || key.contains('\0') {
                     bail!("{name}: env key `{key}` is not a valid variable name");
@@ -800,6 +818,10 @@ impl Config {
                 ("config", !route.config.is_empty()),
                 ("max_memory", route.max_memory.is_some()),
                 ("reuse", route.reuse.is_some()),
+                (
+                    "max_concurrent_per_instance",
+                    route.max_concurrent_per_instance != 1,
+                ),
             ];
             if let Some((key, _)) = component_only.iter().find(|(_, set)| *set) {
                 bail!("{name}: `{key}` is for component routes, not upstream routes");

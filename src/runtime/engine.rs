@@ -96,6 +96,9 @@ fn pool_failure_hint(config: &EngineConfig) -> String {
 fn wasmtime_config(pool: Option<PoolingAllocationConfig>) -> Config {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
+        // `wasi:http` 0.3 components (`runtime::p3`): async exports and the streams and futures
+        // their bodies are made of.
+        .wasm_component_model_async(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
         .memory_reservation(MEMORY_RESERVATION)

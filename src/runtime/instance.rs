@@ -24,8 +24,10 @@
 //! ran out of time (504) and one whose body was cut off (the response is aborted).
 
 use super::admission::Admission;
+use super::admission::Permit;
 use super::admission::RejectReason;
 use super::engine::{InstanceSlot, InstanceSlots};
+use super::p3::{self, P3Handler, P3Instances};
 use super::response::{GuestBody, GuestEnd, Leftover};
 use super::reuse::{IdleInstances, Kept, Warm};
 use crate::body::{CutFlag, ResponseBody};
@@ -50,8 +52,10 @@ use tokio::time::Instant;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::handler;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Table elements one table may grow to.
@@ -98,10 +102,23 @@ impl HostState {
         &mut self.table
     }
 
+    /// Lets go of what only the finished request needed: its trace, and the generation its
+    /// self-calls keep (an idle instance holding it would keep a replaced generation alive, and
+    /// with it the route holding the instance).
+    fn end_request(&mut self) {
+        self.outbound.self_calls = SelfCalls::default();
+        self.outbound.trace = None;
+    }
+
+    /// Whether the memory limiter refused a growth: a trap that follows ran out of memory.
+    pub(super) fn memory_refused(&self) -> bool {
+        self.limiter.refused
+    }
+
     /// Readies a reused instance's state for the next request: the request's id, trace and
     /// self-call depth for outgoing calls and log lines, a fresh log budget, and the memory
     /// limiter's memory of refusing cleared (the grants stay: the memory is still there).
-    fn begin_request(
+    pub(super) fn begin_request(
         &mut self,
         request_id: &Arc<str>,
         self_calls: SelfCalls,
@@ -185,12 +202,14 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// The linker every component is instantiated against: WASI 0.2, `wasi:http`, both versions of
-/// `wasi:keyvalue`, `wasi:blobstore`, `wasi:logging` and `wasi:config`.
+/// The linker every component is instantiated against: WASI 0.2 and 0.3, `wasi:http` 0.2 and
+/// 0.3, both versions of `wasi:keyvalue`, `wasi:blobstore`, `wasi:logging` and `wasi:config`.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     keyvalue::draft::add_to_linker(&mut linker, HostState::keyvalue)?;
     keyvalue::draft2::add_to_linker(&mut linker, HostState::keyvalue)?;
     blobstore::host::add_to_linker(&mut linker, HostState::blobstore)?;
@@ -264,15 +283,34 @@ pub struct RouteSettings {
     pub self_handle: SelfHandle,
     /// Serve more than one request per instance (off: a fresh instance per request).
     pub reuse: Option<ReuseConfig>,
+    /// Requests one instance of a p3 component runs at once (1 for p2 components).
+    pub max_concurrent_per_instance: usize,
+}
+
+/// A route's component, pre-instantiated, by the `wasi:http` world it exports.
+#[derive(Clone)]
+pub enum ComponentPre {
+    /// `wasi:http/incoming-handler@0.2.x`: served here.
+    P2(ProxyPre<HostState>),
+    /// `wasi:http/handler@0.3.0`: served by [`super::p3`].
+    P3(ServicePre<HostState>),
+}
+
+/// How a route's requests reach its instances.
+enum Serve {
+    P2 {
+        pre: ProxyPre<HostState>,
+        /// The instances kept between requests, for a route with `reuse`.
+        idle: Option<Arc<IdleInstances>>,
+    },
+    P3(P3Handler),
 }
 
 /// A route served by a component.
 pub struct ComponentRoute {
-    settings: RouteSettings,
-    pre: ProxyPre<HostState>,
+    settings: Arc<RouteSettings>,
+    serve: Serve,
     metrics: Arc<RouteMetrics>,
-    /// The instances kept between requests, for a route with `reuse`.
-    idle: Option<Arc<IdleInstances>>,
 }
 
 /// A request's store and its slot of `max_instances`; the store is dropped first.
@@ -286,20 +324,28 @@ struct Lease {
 impl ComponentRoute {
     pub fn new(
         settings: RouteSettings,
-        pre: ProxyPre<HostState>,
+        pre: ComponentPre,
         metrics: Arc<RouteMetrics>,
     ) -> ComponentRoute {
-        let idle = settings.reuse.map(|reuse| {
-            let idle = IdleInstances::new(reuse, metrics.clone());
-            settings.instances.idle().register(&idle);
-            idle.start_sweeper();
-            idle
-        });
+        let settings = Arc::new(settings);
+        let serve = match pre {
+            ComponentPre::P2(pre) => {
+                let idle = settings.reuse.map(|reuse| {
+                    let idle = IdleInstances::new(reuse, metrics.clone());
+                    settings.instances.idle().register(&idle);
+                    idle.start_sweeper();
+                    idle
+                });
+                Serve::P2 { pre, idle }
+            }
+            ComponentPre::P3(pre) => {
+                Serve::P3(P3Instances::handler(pre, settings.clone(), metrics.clone()))
+            }
+        };
         ComponentRoute {
             settings,
-            pre,
+            serve,
             metrics,
-            idle,
         }
     }
 
@@ -337,7 +383,20 @@ impl ComponentRoute {
             self.metrics.rejected(reason);
             Failure::Rejected(reason)
         })?;
-        let mut lease = self.lease(request_id, self_calls, trace.clone())?;
+        let idle = match &self.serve {
+            Serve::P2 { idle, .. } => idle,
+            Serve::P3(handler) => {
+                let data = p3::RequestData {
+                    request_id: request_id.clone(),
+                    self_calls,
+                    trace,
+                };
+                return self
+                    .handle_p3(handler, permit, request, scheme, data, request_cut)
+                    .await;
+            }
+        };
+        let mut lease = self.lease(idle.as_deref(), request_id, self_calls, trace.clone())?;
         let deadline = Instant::now() + self.settings.timeout;
         let (response_tx, response_rx) = oneshot::channel();
         let (incoming, outparam) = {
@@ -374,8 +433,8 @@ impl ComponentRoute {
             let (end, kept) = match tokio::time::timeout_at(deadline, run).await {
                 Ok(Ok(kept)) => match Leftover::find(lease.store.data_mut().table()) {
                     Leftover::Nothing => (GuestEnd::Returned, Some(kept)),
-                    // Complete for the client, but the store keeps part of the request.
-                    Leftover::RequestHeld => (GuestEnd::Returned, None),
+                    // Complete for the client, but the store keeps part of an exchange.
+                    Leftover::HttpResourceHeld => (GuestEnd::Returned, None),
                     Leftover::ResponseUnfinished => {
                         tracing::warn!(
                             route = %route.settings.name, request_id = %request_id,
@@ -406,7 +465,12 @@ impl ComponentRoute {
             // or kept for the next request.
             let _ = end_tx.send(end);
             lease.kept = kept;
-            route.release(lease);
+            if let Serve::P2 {
+                idle: Some(idle), ..
+            } = &route.serve
+            {
+                release(idle, lease);
+            }
         });
 
         // Run the guest on this task until it sets its response: a guest that answers and
@@ -468,6 +532,7 @@ impl ComponentRoute {
     /// back after the store is dropped.
     fn lease(
         &self,
+        idle: Option<&IdleInstances>,
         request_id: &Arc<str>,
         self_calls: SelfCalls,
         trace: Option<RequestTrace>,
@@ -476,7 +541,7 @@ impl ComponentRoute {
             mut store,
             kept,
             slot,
-        }) = self.idle.as_ref().and_then(|idle| idle.take())
+        }) = idle.and_then(IdleInstances::take)
         {
             store
                 .data_mut()
@@ -494,7 +559,14 @@ impl ComponentRoute {
             Failure::Rejected(RejectReason::PoolExhausted)
         })?;
         Ok(Lease {
-            store: self.new_store(request_id, self_calls, trace),
+            store: new_store(
+                self.pre_engine(),
+                &self.settings,
+                &self.metrics,
+                request_id,
+                self_calls,
+                trace,
+            ),
             kept: None,
             slot,
         })
@@ -506,12 +578,28 @@ impl ComponentRoute {
         store: &mut Store<HostState>,
         trace: Option<&RequestTrace>,
     ) -> Result<Kept, (wasmtime::Error, Stage)> {
+        let Serve::P2 { pre, .. } = &self.serve else {
+            let error = wasmtime::format_err!("a WASI 0.3 route's instances are its workers'");
+            return Err((error, Stage::Instantiate));
+        };
         let started = std::time::Instant::now();
-        let proxy = self
-            .pre
-            .instantiate_async(store)
-            .await
-            .map_err(|e| (e, Stage::Instantiate))?;
+        let proxy = match pre.instantiate_async(&mut *store).await {
+            Ok(proxy) => proxy,
+            // The pool's own slots (memories, tables, core instances) ran out before
+            // `max_instances` did: instances idling for reuse hold some. Drop one and try once
+            // more.
+            Err(error)
+                if error
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                    && self.settings.instances.idle().reclaim_one() =>
+            {
+                pre.instantiate_async(store)
+                    .await
+                    .map_err(|e| (e, Stage::Instantiate))?
+            }
+            Err(error) => return Err((error, Stage::Instantiate)),
+        };
         let took = started.elapsed();
         self.metrics.instantiation.observe(took.as_secs_f64());
         if let Some(trace) = trace {
@@ -526,69 +614,73 @@ impl ComponentRoute {
         })
     }
 
-    /// Ends the request's hold on its store: an instance that served it cleanly (`kept` is
-    /// given back only then) goes back to the route's idle instances (with `reuse`); any other
-    /// is dropped, then its slot.
-    fn release(&self, mut lease: Lease) {
-        let (Some(idle), Some(kept)) = (&self.idle, lease.kept.take()) else {
-            return;
-        };
-        if lease.store.data().limiter.refused {
-            return;
+    fn pre_engine(&self) -> &Engine {
+        match &self.serve {
+            Serve::P2 { pre, .. } => pre.engine(),
+            Serve::P3(handler) => handler.state().engine(),
         }
-        idle.put(Warm {
-            store: lease.store,
-            kept,
-            slot: lease.slot,
-        });
     }
 
-    fn new_store(
+    /// Serves a request with a p3 component's instances ([`super::p3`]); the permit is held
+    /// until the response body ends.
+    async fn handle_p3<B>(
         &self,
-        request_id: &Arc<str>,
-        self_calls: SelfCalls,
-        trace: Option<RequestTrace>,
-    ) -> Store<HostState> {
-        let settings = &self.settings;
-        let log = settings.log_budget.for_request(
-            self.metrics.clone(),
-            settings.component.clone(),
-            request_id.clone(),
+        handler: &P3Handler,
+        permit: Permit,
+        request: http::Request<B>,
+        scheme: Scheme,
+        data: p3::RequestData,
+        request_cut: CutFlag,
+    ) -> Result<http::Response<ResponseBody>, Failure>
+    where
+        B: Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+    {
+        let request_id = data.request_id.clone();
+        let request = p3::with_absolute_uri(request, &scheme).map(BodyExt::boxed_unsync);
+        let answer = tokio::time::timeout(self.settings.timeout, handler.handle(data, request));
+        match answer.await {
+            Ok(Ok(response)) => {
+                // The guest's end is known only from its body, which fails if the guest did.
+                let (_, end) = watch::channel(GuestEnd::Returned);
+                Ok(response.map(|body| {
+                    let body = body.map_frame(move |frame| {
+                        let _held_until_the_body_ends = &permit;
+                        frame
+                    });
+                    GuestBody::new(body, end, request_cut).boxed_unsync()
+                }))
+            }
+            Ok(Err(error)) => Err(self.p3_failure(&error, &request_id)),
+            Err(_) => Err(Failure::TimedOut),
+        }
+    }
+
+    /// What a failed p3 request gets, from the error `ProxyHandler` returned.
+    fn p3_failure(&self, error: &wasmtime::Error, request_id: &str) -> Failure {
+        if let Some(failed) = error.downcast_ref::<handler::InstantiationError<p3::RequestData>>() {
+            if failed.error.downcast_ref::<p3::NoInstanceSlot>().is_some()
+                || failed
+                    .error
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+            {
+                self.metrics.rejected(RejectReason::PoolExhausted);
+                return Failure::Rejected(RejectReason::PoolExhausted);
+            }
+            return Failure::GuestFailed;
+        }
+        if error.downcast_ref::<handler::ExpirationError>().is_some() {
+            return Failure::TimedOut;
+        }
+        if error.downcast_ref::<handler::TrapOrPanicError>().is_some() {
+            // The worker logged and counted the trap as it dropped the instance.
+            return Failure::GuestFailed;
+        }
+        tracing::warn!(
+            route = %self.settings.name, request_id, error = %logging::error_summary(error),
+            "component answered with an error instead of a response"
         );
-        let state = HostState {
-            wasi: guest_context(&settings.env, &log),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            outbound: OutboundPolicy {
-                client: settings.outbound.clone(),
-                route: settings.name.clone(),
-                request_id: request_id.clone(),
-                response_timeout: settings.timeout,
-                metrics: self.metrics.clone(),
-                self_handle: settings.self_handle.clone(),
-                self_calls,
-                trace,
-            },
-            limiter: MemoryLimiter {
-                max_memory: settings.max_memory,
-                granted: 0,
-                refused: false,
-            },
-            keyvalue: keyvalue::RequestState::new(settings.keyvalue.clone()),
-            blobstore: blobstore::host::RequestState::new(
-                settings.blobstore.clone(),
-                settings.max_memory as u64,
-            ),
-            metrics: self.metrics.clone(),
-            log,
-            config: settings.config.clone(),
-        };
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|state| &mut state.limiter);
-        // Yield at every epoch tick: fairness for busy guests, and a chance for the deadline.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        store
+        Failure::GuestFailed
     }
 
     /// Logs and counts a trap or a failed instantiation; returns how the guest ended.
@@ -630,6 +722,74 @@ impl ComponentRoute {
             Stage::Handle => GuestEnd::Trapped,
         }
     }
+}
+
+/// A store with fresh [`HostState`] for the route's instance, interrupted at every epoch tick.
+pub(super) fn new_store(
+    engine: &Engine,
+    settings: &RouteSettings,
+    metrics: &Arc<RouteMetrics>,
+    request_id: &Arc<str>,
+    self_calls: SelfCalls,
+    trace: Option<RequestTrace>,
+) -> Store<HostState> {
+    let log = settings.log_budget.for_request(
+        metrics.clone(),
+        settings.component.clone(),
+        request_id.clone(),
+    );
+    let state = HostState {
+        wasi: guest_context(&settings.env, &log),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        outbound: OutboundPolicy {
+            client: settings.outbound.clone(),
+            route: settings.name.clone(),
+            request_id: request_id.clone(),
+            response_timeout: settings.timeout,
+            metrics: metrics.clone(),
+            self_handle: settings.self_handle.clone(),
+            self_calls,
+            trace,
+        },
+        limiter: MemoryLimiter {
+            max_memory: settings.max_memory,
+            granted: 0,
+            refused: false,
+        },
+        keyvalue: keyvalue::RequestState::new(settings.keyvalue.clone()),
+        blobstore: blobstore::host::RequestState::new(
+            settings.blobstore.clone(),
+            settings.max_memory as u64,
+        ),
+        metrics: metrics.clone(),
+        log,
+        config: settings.config.clone(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    // Yield at every epoch tick: fairness for busy guests, and a chance for the deadline.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    store
+}
+
+/// Ends a request's hold on a store of a route with `reuse`: an instance that served it cleanly
+/// (`kept` is given back only then) goes back to the route's idle instances; any other is
+/// dropped, then its slot.
+fn release(idle: &IdleInstances, mut lease: Lease) {
+    let Some(kept) = lease.kept.take() else {
+        return;
+    };
+    if lease.store.data().limiter.refused {
+        return;
+    }
+    lease.store.data_mut().end_request();
+    idle.put(Warm {
+        store: lease.store,
+        kept,
+        slot: lease.slot,
+    });
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::router::{RouteSpec, RouteTable};
 use crate::runtime::admission::{Admission, AdmissionLimits};
 use crate::runtime::component::{self, Origin};
 use crate::runtime::engine::{Allocator, EpochTicker, InstanceSlots, build_engine};
-use crate::runtime::instance::{ComponentRoute, HostState, RouteSettings, linker};
+use crate::runtime::instance::{ComponentPre, ComponentRoute, HostState, RouteSettings, linker};
 use crate::runtime::linking;
 use crate::split::{Split, SplitBackend};
 use anyhow::Context;
@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// The stores guests reach through `wasi:keyvalue` and `wasi:blobstore`, kept across reloads
 /// where their definitions did not change.
@@ -336,7 +337,7 @@ fn load_routes(
 
 /// Components loaded so far in one generation, by file and links: each is loaded once, however
 /// many routes use it.
-type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>), ProxyPre<HostState>>;
+type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>), ComponentPre>;
 
 /// What every component route of one generation is built with.
 struct Shared<'g> {
@@ -392,7 +393,7 @@ fn load_route_component(
     path: &std::path::Path,
     engine: &wasmtime::Engine,
     linker: &Linker<HostState>,
-) -> anyhow::Result<(ProxyPre<HostState>, Origin)> {
+) -> anyhow::Result<(ComponentPre, Origin)> {
     let path = path.to_path_buf();
     let cache_dir = config.cache_dir();
     let in_context = |e: anyhow::Error| e.context(format!("component {}", path.display()));
@@ -417,12 +418,28 @@ fn pre_instantiate(
     linker: &Linker<HostState>,
     component: &Component,
     composition: Option<&linking::Composition>,
-) -> anyhow::Result<ProxyPre<HostState>> {
+) -> anyhow::Result<ComponentPre> {
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| unsupplied_import(component, linker.engine(), composition, &e))?;
-    ProxyPre::new(pre).map_err(|e| {
-        anyhow::anyhow!("it does not export `wasi:http/incoming-handler` (WASI 0.2), so it cannot serve HTTP: {e:#}")
+    if let Ok(p2) = ProxyPre::new(pre.clone()) {
+        return Ok(ComponentPre::P2(p2));
+    }
+    ServicePre::new(pre).map(ComponentPre::P3).map_err(|_| {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(linker.engine())
+            .map(|(name, _)| name.to_string())
+            .collect();
+        anyhow::anyhow!(
+            "it exports neither `wasi:http/incoming-handler` (WASI 0.2) nor \
+             `wasi:http/handler@0.3.0` (WASI 0.3), so it cannot serve HTTP (it exports: {})",
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            }
+        )
     })
 }
 
@@ -440,7 +457,7 @@ fn unsupplied_import(
         .imports(engine)
         .map(|(name, _)| name.to_string())
         .find(|name| text.contains(&format!("`{name}`")));
-    let provided = "wasmgate provides WASI 0.2, wasi:http, wasi:keyvalue 0.2.0-draft and \
+    let provided = "wasmgate provides WASI 0.2 and 0.3, wasi:http 0.2 and 0.3, wasi:keyvalue 0.2.0-draft and \
                     -draft2, wasi:blobstore 0.2.0-draft, wasi:logging 0.1.0-draft and \
                     wasi:config 0.2.0-draft";
     let Some(import) = import.filter(|_| text.contains("matching implementation was not found"))
@@ -471,7 +488,7 @@ fn component_route(
     shared: &Shared<'_>,
     route: &RouteConfig,
     component: &Path,
-    pre: ProxyPre<HostState>,
+    pre: ComponentPre,
     keyvalue: Grants,
     admission: Arc<Admission>,
 ) -> anyhow::Result<ComponentRoute> {
@@ -482,6 +499,13 @@ fn component_route(
         outbound_tls,
         ..
     } = shared;
+    if matches!(pre, ComponentPre::P2(_)) && route.max_concurrent_per_instance > 1 {
+        anyhow::bail!(
+            "max_concurrent_per_instance is for `wasi:http` 0.3 components, whose handler is \
+             async; {} is a 0.2 component, whose instance runs one request at a time",
+            component.display()
+        );
+    }
     let outbound = Allowlist {
         rules: route
             .allowed_outbound_hosts
@@ -532,6 +556,7 @@ fn component_route(
             config.logging.max_guest_bytes,
         ),
         reuse: route.reuse,
+        max_concurrent_per_instance: route.max_concurrent_per_instance,
     };
     let metrics = process.metrics.route(&route.label());
     Ok(ComponentRoute::new(settings, pre, metrics))

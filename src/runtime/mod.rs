@@ -7,5 +7,6 @@ pub mod instance;
 pub mod linking;
 pub mod loader;
 pub mod oci;
+pub mod p3;
 pub mod response;
 pub mod reuse;

@@ -15,8 +15,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::watch;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi_http::p2::body::{HostIncomingBody, HostOutgoingBody};
-use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+use wasmtime_wasi_http::p2::body::{HostFutureTrailers, HostIncomingBody, HostOutgoingBody};
+use wasmtime_wasi_http::p2::types::{
+    HostFutureIncomingResponse, HostIncomingRequest, HostIncomingResponse, HostOutgoingRequest,
+    HostOutgoingResponse, HostResponseOutparam,
+};
 
 /// How a guest's handler ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +53,11 @@ impl GuestEnd {
 pub enum Leftover {
     /// Nothing: every resource of the exchange was finished or dropped.
     Nothing,
-    /// The request, or its body, is still held (in a global): the response may be complete.
-    RequestHeld,
+    /// Another `wasi:http` resource is still held (in a global): the request, its body or its
+    /// trailers (which own the body still), an outgoing request or its response. The client's
+    /// response may be complete, but the store must not serve another request: a client's
+    /// request body left unread stalls the next request on its connection.
+    HttpResourceHeld,
     /// A response-outparam never set, or an outgoing body (the response's, or that of a request
     /// the guest sent) neither finished nor dropped. Dropping the store would end such a body
     /// as if it were complete.
@@ -66,8 +72,15 @@ impl Leftover {
             .map(|entry| {
                 if entry.is::<HostResponseOutparam>() || entry.is::<HostOutgoingBody>() {
                     Leftover::ResponseUnfinished
-                } else if entry.is::<HostIncomingRequest>() || entry.is::<HostIncomingBody>() {
-                    Leftover::RequestHeld
+                } else if entry.is::<HostIncomingRequest>()
+                    || entry.is::<HostIncomingBody>()
+                    || entry.is::<HostFutureTrailers>()
+                    || entry.is::<HostOutgoingResponse>()
+                    || entry.is::<HostOutgoingRequest>()
+                    || entry.is::<HostFutureIncomingResponse>()
+                    || entry.is::<HostIncomingResponse>()
+                {
+                    Leftover::HttpResourceHeld
                 } else {
                     Leftover::Nothing
                 }

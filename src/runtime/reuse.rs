@@ -112,8 +112,9 @@ impl IdleInstances {
             warm,
             since: Instant::now(),
         };
-        self.lock().push(entry);
+        // Counted before it can be taken, so the gauge never dips below the truth.
         self.metrics.instances_idle.inc();
+        self.lock().push(entry);
         GiveBack::Kept
     }
 
@@ -129,6 +130,11 @@ impl IdleInstances {
             expired
         };
         self.metrics.instances_idle.sub(expired.len() as i64);
+    }
+
+    /// Since when the longest-idle instance has been idle.
+    fn oldest(&self) -> Option<Instant> {
+        self.lock().first().map(|entry| entry.since)
     }
 
     /// Drops the longest-idle instance; whether there was one.
@@ -196,14 +202,20 @@ impl IdleRegistry {
         routes.push(Arc::downgrade(idle));
     }
 
-    /// Drops one idle instance, from the first route that has one; whether one was dropped
-    /// (and its slot given back).
+    /// Drops the longest-idle instance of every route's; whether one was dropped (and its slot
+    /// given back).
     pub fn reclaim_one(&self) -> bool {
         let routes: Vec<Arc<IdleInstances>> = {
             let mut routes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             routes.retain(|route| route.strong_count() > 0);
             routes.iter().filter_map(Weak::upgrade).collect()
         };
-        routes.iter().any(|route| route.evict_oldest())
+        let mut by_idleness: Vec<(Instant, &Arc<IdleInstances>)> = routes
+            .iter()
+            .filter_map(|route| Some((route.oldest()?, route)))
+            .collect();
+        by_idleness.sort_by_key(|(since, _)| *since);
+        // Another request may take the one found first: then the next one.
+        by_idleness.iter().any(|(_, route)| route.evict_oldest())
     }
 }

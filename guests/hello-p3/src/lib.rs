@@ -1,0 +1,57 @@
+//! `hello-p3`: a WASI 0.3 (`wasi:http/handler@0.3.0`) component, the p3 counterpart of
+//! `hello`. Answers `Hello from wasi:http 0.3! (request N of this instance)`, counting the
+//! requests its instance has taken, so a test can see which ones shared an instance.
+//! `?delay_ms=N` first waits N milliseconds on the host's clock (an `async` wait: other
+//! requests can run in the same instance meanwhile); `?trap=1` traps.
+
+use std::cell::Cell;
+use wasip3::http::types::{ErrorCode, Fields, Request, Response};
+use wasip3::{wit_bindgen, wit_future, wit_stream};
+
+wasip3::http::service::export!(HelloP3);
+
+thread_local! {
+    static REQUESTS: Cell<u64> = const { Cell::new(0) };
+}
+
+struct HelloP3;
+
+impl wasip3::exports::http::handler::Guest for HelloP3 {
+    async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let number = REQUESTS.with(|requests| {
+            requests.set(requests.get() + 1);
+            requests.get()
+        });
+        let query = request.get_path_with_query().unwrap_or_default();
+        let delay_ms = query_number(&query, "delay_ms");
+        if delay_ms > 0 {
+            wasip3::clocks::monotonic_clock::wait_for(delay_ms.saturating_mul(1_000_000)).await;
+        }
+        if query_number(&query, "trap") > 0 {
+            panic!("trapping on purpose at request {number}");
+        }
+        let text = format!("Hello from wasi:http 0.3! (request {number} of this instance)\n");
+
+        let headers = Fields::new();
+        let _ = headers.set("content-type", &[b"text/plain".to_vec()]);
+        let (mut body_tx, body_rx) = wit_stream::new();
+        let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+        let (response, _sent) = Response::new(headers, Some(body_rx), trailers_rx);
+        drop(trailers_tx);
+        wit_bindgen::spawn(async move {
+            let _ = body_tx.write_all(text.into_bytes()).await;
+        });
+        Ok(response)
+    }
+}
+
+/// The number after `NAME=` in a query, 0 if it is absent or not a number.
+fn query_number(path_with_query: &str, name: &str) -> u64 {
+    let query = path_with_query.split_once('?').map_or("", |(_, query)| query);
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
