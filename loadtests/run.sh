@@ -9,7 +9,7 @@
 #
 # Prints requests/s and p50/p99 latency for each, the ratios, and wasmgate's instantiation p50
 # read from its own metric. With --all it goes on with HTTP/2 against `wasmtime serve`
-# (h2.sh), instance reuse against `wasmtime serve --max-instance-reuse-count` (reuse.sh), start-up and footprint by route count (startup.sh), idle keep-alive connections
+# (h2.sh), instance reuse against `wasmtime serve --max-instance-reuse-count` (reuse.sh), WASI 0.3 against `wasmtime serve -S p3` (p3.sh), start-up and footprint by route count (startup.sh), idle keep-alive connections
 # (connections.sh), tracing's cost (tracing.sh) and route lookups (cargo bench --bench router),
 # and writes everything to target/loadtests/summary.md. Raw output is kept in target/loadtests/.
 set -euo pipefail
@@ -87,6 +87,10 @@ if $all; then
     echo "## Instance reuse (wrk)"
     echo
     bash "$here/reuse.sh"
+    echo
+    echo "## WASI 0.3 (wrk)"
+    echo
+    bash "$here/p3.sh"
     echo
     echo "## Start-up and idle RSS by route count"
     echo

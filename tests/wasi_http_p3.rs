@@ -13,6 +13,24 @@ fn hello_p3() -> String {
     toml_path(&guest("hello_p3"))
 }
 
+fn engine_p3() -> String {
+    format!(
+        "cache_dir = {}\nmax_instances = 64\nwasi_p3 = true\n",
+        toml_path(&shared_cache_dir())
+    )
+}
+
+/// A gateway with `[engine] wasi_p3 = true` and `routes`.
+fn start_p3(routes: &str) -> Gateway {
+    Gateway::start_with(
+        routes,
+        Sections {
+            engine: engine_p3(),
+            ..Sections::default()
+        },
+    )
+}
+
 async fn hello(client: &HttpClient, gw: &Gateway, path: &str) -> String {
     let (status, headers, body) = get(client, &gw.url(path)).await;
     assert_eq!(status, StatusCode::OK, "{path}: {body}");
@@ -26,7 +44,7 @@ fn said(request: u64) -> String {
 
 #[tokio::test]
 async fn a_p3_component_gets_a_fresh_instance_per_request_by_default() {
-    let gw = Gateway::start(&format!(
+    let gw = start_p3(&format!(
         "[[route]]\npath = \"/p3\"\ncomponent = {}\n",
         hello_p3()
     ));
@@ -53,7 +71,7 @@ async fn a_p3_component_gets_a_fresh_instance_per_request_by_default() {
 
 #[tokio::test]
 async fn with_reuse_requests_share_an_instance_and_run_in_it_at_once() {
-    let gw = Gateway::start(&format!(
+    let gw = start_p3(&format!(
         r#"
 [[route]]
 path = "/one-at-a-time"
@@ -75,11 +93,16 @@ max_concurrent_per_instance = 8
         assert_eq!(hello(&client, &gw, path).await, said(2));
         // A slow request holds the instance; a quick one sent meanwhile gets another instance,
         // or, where the route allows it, runs in the same one and finishes first.
-        let slow_url = gw.url(&format!("{path}?delay_ms=1500"));
+        // The slow request is in the instance once the instance counts its third request.
+        let slow_url = gw.url(&format!("{path}?delay_ms=3000"));
         let slow_client = http1();
         let slow = tokio::spawn(async move { get(&slow_client, &slow_url).await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_for_reuses(&gw, path, 2.0).await;
         let quick = hello(&http1(), &gw, path).await;
+        assert!(
+            !slow.is_finished(),
+            "{path}: the quick request came back first"
+        );
         let (status, _, slow) = slow.await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(slow, said(3), "{path}");
@@ -109,9 +132,29 @@ max_concurrent_per_instance = 8
     assert_eq!(reuses("/together"), Some(3.0), "{metrics}");
 }
 
+async fn wait_for_reuses(gw: &Gateway, route: &str, count: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = gw.metrics().await;
+        let reuses = metric_value(
+            &metrics,
+            "wasmgate_instance_reuses_total",
+            &[("route", route)],
+        );
+        if reuses == Some(count) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{route}: {count} reuses never counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_p3_trap_is_a_500_and_a_slow_guest_a_504() {
-    let gw = Gateway::start(&format!(
+    let gw = start_p3(&format!(
         r#"
 [[route]]
 path = "/p3"
@@ -147,9 +190,90 @@ timeout = "300ms"
     }
 }
 
+#[tokio::test]
+async fn a_p3_body_cut_off_by_a_trap_is_not_passed_off_as_complete() {
+    let gw = start_p3(&format!(
+        "[[route]]\npath = \"/p3\"\ncomponent = {}\n",
+        hello_p3()
+    ));
+    for client in [http1(), http2()] {
+        // Cut off before or after the headers went out, depending on when the trap lands:
+        // either way the client cannot take the body for complete.
+        let request = http::Request::get(gw.url("/p3?cut=1"))
+            .body(empty())
+            .unwrap();
+        let Ok(response) = client.request(request).await else {
+            continue;
+        };
+        if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+            continue;
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = tokio::time::timeout(
+            Duration::from_secs(10),
+            http_body_util::BodyExt::collect(response.into_body()),
+        )
+        .await
+        .expect("the body ends");
+        assert!(body.is_err(), "a body whose guest trapped is cut off");
+    }
+    // And the route still serves.
+    assert_eq!(hello(&http1(), &gw, "/p3").await, said(1));
+}
+
+#[tokio::test]
+async fn a_p3_component_calls_routes_of_either_kind_through_self() {
+    let gw = start_p3(&format!(
+        r#"
+[[route]]
+path = "/p3"
+component = {hello_p3}
+allowed_outbound_hosts = ["http://self"]
+
+[[route]]
+path = "/p2/hello"
+component = {hello}
+private = true
+
+[[route]]
+path = "/p3-private"
+component = {hello_p3}
+private = true
+"#,
+        hello_p3 = hello_p3(),
+        hello = toml_path(&guest("hello")),
+    ));
+    let client = http1();
+    assert_eq!(
+        hello(&client, &gw, "/p3?self=p2/hello").await,
+        "200 Hello from wasmgate!\n"
+    );
+    assert_eq!(
+        hello(&client, &gw, "/p3?self=p3-private").await,
+        format!("200 {}", said(1))
+    );
+    let missing = hello(&client, &gw, "/p3?self=nowhere").await;
+    assert!(missing.starts_with("404 "), "{missing}");
+}
+
+#[test]
+fn without_wasi_p3_a_p3_component_is_refused_with_the_setting_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, output) = check_config(
+        dir.path(),
+        &format!("[[route]]\npath = \"/\"\ncomponent = {}\n", hello_p3()),
+    );
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("it is a WASI 0.3 component") && output.contains("`wasi_p3 = true`"),
+        "{output}"
+    );
+}
+
 #[test]
 fn max_concurrent_per_instance_is_checked() {
     let dir = tempfile::tempdir().unwrap();
+    let engine = format!("[engine]\n{}", engine_p3());
     for (route, expected) in [
         (
             format!(
@@ -173,14 +297,14 @@ fn max_concurrent_per_instance_is_checked() {
             "max_concurrent_per_instance must be at least 1",
         ),
     ] {
-        let (ok, output) = check_config(dir.path(), &format!("[[route]]\n{route}\n"));
+        let (ok, output) = check_config(dir.path(), &format!("{engine}[[route]]\n{route}\n"));
         assert!(!ok, "{route}");
         assert!(output.contains(expected), "{route}: {output}");
     }
     let (ok, output) = check_config(
         dir.path(),
         &format!(
-            "[[route]]\npath = \"/\"\ncomponent = {}\nreuse = {{}}\nmax_concurrent_per_instance = 4\n",
+            "{engine}[[route]]\npath = \"/\"\ncomponent = {}\nreuse = {{}}\nmax_concurrent_per_instance = 4\n",
             hello_p3()
         ),
     );

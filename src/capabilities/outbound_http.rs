@@ -550,7 +550,11 @@ impl OutboundPolicy {
                     "the gateway is not serving".into(),
                 )));
             };
-            let response = gateway.dispatch(request, calls).await;
+            // On a task of its own: the caller may be a WASI 0.3 guest's host call, polled
+            // inside its store's event loop, and a WASI 0.2 route served inline there would
+            // start a second event loop on the same thread (which wasmtime refuses with a
+            // panic). Dropped with the caller, the task is aborted.
+            let response = wasmtime_wasi::runtime::spawn(gateway.dispatch(request, calls)).await;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         }
     }

@@ -257,6 +257,10 @@ pub struct EngineConfig {
     /// How often the epoch ticker advances; the granularity of timeouts and of preemption.
     #[serde(deserialize_with = "units::duration")]
     pub epoch_tick: Duration,
+    /// Serve WASI 0.3 components (`wasi:http/handler@0.3.0`). Off by default: the component
+    /// model's concurrency support it turns on costs WASI 0.2 requests 10-15% of their
+    /// throughput (docs/perf.md).
+    pub wasi_p3: bool,
 }
 
 impl Default for EngineConfig {
@@ -275,6 +279,7 @@ impl Default for EngineConfig {
             max_unused_warm_slots: None,
             pagemap_scan: true,
             epoch_tick: Duration::from_millis(10),
+            wasi_p3: false,
         }
     }
 }

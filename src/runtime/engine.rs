@@ -59,12 +59,15 @@ pub enum Allocator {
 /// cannot be created fails the start (module docs).
 pub fn build_engine(config: &EngineConfig) -> anyhow::Result<(Engine, Allocator)> {
     if config.pooling {
-        let engine = Engine::new(&wasmtime_config(Some(pooling_config(config))))
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .with_context(|| pool_failure_hint(config))?;
+        let engine = Engine::new(&wasmtime_config(
+            Some(pooling_config(config)),
+            config.wasi_p3,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .with_context(|| pool_failure_hint(config))?;
         return Ok((engine, Allocator::Pooling));
     }
-    let engine = Engine::new(&wasmtime_config(None))
+    let engine = Engine::new(&wasmtime_config(None, config.wasi_p3))
         .map_err(|e| anyhow::anyhow!("{e:#}"))
         .context("cannot create the wasm engine")?;
     Ok((engine, Allocator::OnDemand))
@@ -93,12 +96,9 @@ fn pool_failure_hint(config: &EngineConfig) -> String {
     )
 }
 
-fn wasmtime_config(pool: Option<PoolingAllocationConfig>) -> Config {
+fn wasmtime_config(pool: Option<PoolingAllocationConfig>, wasi_p3: bool) -> Config {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
-        // `wasi:http` 0.3 components (`runtime::p3`): async exports and the streams and futures
-        // their bodies are made of.
-        .wasm_component_model_async(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
         .memory_reservation(MEMORY_RESERVATION)
@@ -107,6 +107,11 @@ fn wasmtime_config(pool: Option<PoolingAllocationConfig>) -> Config {
     if let Some(pool) = pool {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
+    // `wasi:http` 0.3 components (`runtime::p3`): async exports and the streams and futures
+    // their bodies are made of. Off, every store skips the bookkeeping of concurrent tasks
+    // that each host call otherwise pays for.
+    wasm.wasm_component_model_async(wasi_p3)
+        .concurrency_support(wasi_p3);
     wasm
 }
 

@@ -202,14 +202,16 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// The linker every component is instantiated against: WASI 0.2 and 0.3, `wasi:http` 0.2 and
-/// 0.3, both versions of `wasi:keyvalue`, `wasi:blobstore`, `wasi:logging` and `wasi:config`.
-pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+/// The linker every component is instantiated against: WASI 0.2 and `wasi:http` 0.2 (and their
+/// 0.3 versions with `[engine] wasi_p3`), both versions of `wasi:keyvalue`, `wasi:blobstore`, `wasi:logging` and `wasi:config`.
+pub fn linker(engine: &Engine, wasi_p3: bool) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    if wasi_p3 {
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    }
     keyvalue::draft::add_to_linker(&mut linker, HostState::keyvalue)?;
     keyvalue::draft2::add_to_linker(&mut linker, HostState::keyvalue)?;
     blobstore::host::add_to_linker(&mut linker, HostState::blobstore)?;
@@ -386,13 +388,15 @@ impl ComponentRoute {
         let idle = match &self.serve {
             Serve::P2 { idle, .. } => idle,
             Serve::P3(handler) => {
+                let (end, end_rx) = watch::channel(GuestEnd::Running);
                 let data = p3::RequestData {
                     request_id: request_id.clone(),
                     self_calls,
                     trace,
+                    end,
                 };
                 return self
-                    .handle_p3(handler, permit, request, scheme, data, request_cut)
+                    .handle_p3(handler, permit, request, scheme, data, end_rx, request_cut)
                     .await;
             }
         };
@@ -623,6 +627,7 @@ impl ComponentRoute {
 
     /// Serves a request with a p3 component's instances ([`super::p3`]); the permit is held
     /// until the response body ends.
+    #[allow(clippy::too_many_arguments)]
     async fn handle_p3<B>(
         &self,
         handler: &P3Handler,
@@ -630,6 +635,7 @@ impl ComponentRoute {
         request: http::Request<B>,
         scheme: Scheme,
         data: p3::RequestData,
+        end: watch::Receiver<GuestEnd>,
         request_cut: CutFlag,
     ) -> Result<http::Response<ResponseBody>, Failure>
     where
@@ -639,19 +645,18 @@ impl ComponentRoute {
         let request = p3::with_absolute_uri(request, &scheme).map(BodyExt::boxed_unsync);
         let answer = tokio::time::timeout(self.settings.timeout, handler.handle(data, request));
         match answer.await {
-            Ok(Ok(response)) => {
-                // The guest's end is known only from its body, which fails if the guest did.
-                let (_, end) = watch::channel(GuestEnd::Returned);
-                Ok(response.map(|body| {
-                    let body = body.map_frame(move |frame| {
-                        let _held_until_the_body_ends = &permit;
-                        frame
-                    });
-                    GuestBody::new(body, end, request_cut).boxed_unsync()
-                }))
-            }
+            Ok(Ok(response)) => Ok(response.map(|body| {
+                let body = body.map_frame(move |frame| {
+                    let _held_until_the_body_ends = &permit;
+                    frame
+                });
+                GuestBody::new(body, end, request_cut).boxed_unsync()
+            })),
             Ok(Err(error)) => Err(self.p3_failure(&error, &request_id)),
-            Err(_) => Err(Failure::TimedOut),
+            Err(_) => {
+                self.metrics.trap(TrapKind::Timeout);
+                Err(Failure::TimedOut)
+            }
         }
     }
 
@@ -670,6 +675,7 @@ impl ComponentRoute {
             return Failure::GuestFailed;
         }
         if error.downcast_ref::<handler::ExpirationError>().is_some() {
+            self.metrics.trap(TrapKind::Timeout);
             return Failure::TimedOut;
         }
         if error.downcast_ref::<handler::TrapOrPanicError>().is_some() {

@@ -48,6 +48,8 @@ pub struct CapabilityStores {
 pub struct Process {
     engine: wasmtime::Engine,
     linker: Linker<HostState>,
+    /// Whether the engine and linker serve WASI 0.3 components (`[engine] wasi_p3` at start).
+    wasi_p3: bool,
     /// The stores of the live generation; a load builds the next ones from these.
     stores: std::sync::Mutex<Arc<CapabilityStores>>,
     metrics: Arc<Metrics>,
@@ -96,11 +98,12 @@ impl Process {
     ) -> anyhow::Result<Process> {
         let (engine, allocator) = build_engine(&config.engine)?;
         let instances = InstanceSlots::new(config.engine.max_instances);
-        let linker = linker(&engine)?;
+        let linker = linker(&engine, config.engine.wasi_p3)?;
         let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick);
         Ok(Process {
             engine,
             linker,
+            wasi_p3: config.engine.wasi_p3,
             stores: std::sync::Mutex::new(Arc::new(stores)),
             metrics,
             tracing,
@@ -367,10 +370,10 @@ fn load_component_route<'a>(
     let pre = match loaded.get(&key) {
         Some(pre) => pre.clone(),
         None => {
-            let (pre, origin) =
-                load_route_component(config, route, &path, &process.engine, &process.linker)
-                    .map_err(|e| with_build_hint(e, &path))
-                    .with_context(|| name.to_string())?;
+            let (pre, origin) = load_route_component(config, route, &path, process)
+                .map_err(|e| with_build_hint(e, &path))
+                .map_err(|e| with_p3_hint(e, process.wasi_p3))
+                .with_context(|| name.to_string())?;
             components.push((path.clone(), origin));
             loaded.insert(key, pre.clone());
             pre
@@ -391,15 +394,15 @@ fn load_route_component(
     config: &Config,
     route: &RouteConfig,
     path: &std::path::Path,
-    engine: &wasmtime::Engine,
-    linker: &Linker<HostState>,
+    process: &Process,
 ) -> anyhow::Result<(ComponentPre, Origin)> {
+    let (engine, linker) = (&process.engine, &process.linker);
     let path = path.to_path_buf();
     let cache_dir = config.cache_dir();
     let in_context = |e: anyhow::Error| e.context(format!("component {}", path.display()));
     if route.links.is_empty() {
         let (component, origin) = component::load(engine, &path, cache_dir.as_deref())?;
-        let pre = pre_instantiate(linker, &component, None).map_err(in_context)?;
+        let pre = pre_instantiate(linker, &component, None, process.wasi_p3).map_err(in_context)?;
         return Ok((pre, origin));
     }
     let composition = linking::compose(&path, &route.links, &config.components, &|p| {
@@ -409,7 +412,8 @@ fn load_route_component(
     let label = format!("{} linked to {}", path.display(), providers.join(", "));
     let (component, origin) =
         component::compile_cached(engine, &composition.bytes, &label, cache_dir.as_deref())?;
-    let pre = pre_instantiate(linker, &component, Some(&composition)).map_err(in_context)?;
+    let pre = pre_instantiate(linker, &component, Some(&composition), process.wasi_p3)
+        .map_err(in_context)?;
     Ok((pre, origin))
 }
 
@@ -418,7 +422,18 @@ fn pre_instantiate(
     linker: &Linker<HostState>,
     component: &Component,
     composition: Option<&linking::Composition>,
+    wasi_p3: bool,
 ) -> anyhow::Result<ComponentPre> {
+    let exports_p3 = component
+        .component_type()
+        .exports(linker.engine())
+        .any(|(name, _)| name.starts_with("wasi:http/handler@0.3"));
+    if exports_p3 && !wasi_p3 {
+        anyhow::bail!(
+            "it is a WASI 0.3 component (it exports `wasi:http/handler@0.3.0`): set `wasi_p3 = \
+             true` in [engine] to serve it (experimental; a restart applies it)"
+        );
+    }
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| unsupplied_import(component, linker.engine(), composition, &e))?;
@@ -577,6 +592,19 @@ fn admission(route: &RouteConfig, previous: Option<&Arc<Admission>>) -> Arc<Admi
             limits.queue_size,
             limits.queue_timeout,
         )),
+    }
+}
+
+/// Names the setting that serves a WASI 0.3 component when it is off (the component does not
+/// even compile without the component model's async features).
+fn with_p3_hint(error: anyhow::Error, wasi_p3: bool) -> anyhow::Error {
+    if !wasi_p3 && format!("{error:#}").contains("component model async feature") {
+        error.context(
+            "it is a WASI 0.3 component (it uses the component model's async features): set \
+             `wasi_p3 = true` in [engine] to serve it (experimental; a restart applies it)",
+        )
+    } else {
+        error
     }
 }
 

@@ -26,16 +26,18 @@
 
 use super::engine::InstanceSlot;
 use super::instance::{HostState, RouteSettings, TrapKind, new_store};
+use super::response::GuestEnd;
 use crate::capabilities::logging::{self, Backtrace};
 use crate::capabilities::outbound_http::SelfCalls;
 use crate::metrics::RouteMetrics;
 use crate::otel::RequestTrace;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::WasiHttpView;
@@ -43,13 +45,18 @@ use wasmtime_wasi_http::handler::{
     self, HandlerState, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
 };
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
 /// What each request brings to the instance that takes it.
 pub struct RequestData {
     pub request_id: Arc<str>,
     pub self_calls: SelfCalls,
     pub trace: Option<RequestTrace>,
+    /// Where the instance says how it ended, before its store (and the request's response body
+    /// with it) is dropped: wasmtime ends a p3 body cleanly when the store goes, so the
+    /// response's [`super::response::GuestBody`] reads this to cut off a body whose guest
+    /// trapped or ran out of time.
+    pub end: watch::Sender<GuestEnd>,
 }
 
 /// Every slot of `[engine] max_instances` was taken when a request needed a new instance.
@@ -89,8 +96,25 @@ impl P3Instances {
         Limits {
             max_requests: reuse.map_or(1, |reuse| reuse.max_requests as usize),
             max_concurrent: self.settings.max_concurrent_per_instance,
+            max_age: reuse.map_or(Duration::MAX, |reuse| reuse.max_age),
             timeout: self.settings.timeout,
             idle_timeout: reuse.map_or(Duration::ZERO, |reuse| reuse.idle_timeout),
+        }
+    }
+
+    /// Creates the instance; when the pool's own slots ran out while instances idle for reuse
+    /// hold some, one of those is dropped and creating it is tried once more.
+    async fn create(&self, store: &mut Store<HostState>) -> wasmtime::Result<Service> {
+        match self.pre.instantiate_async(&mut *store).await {
+            Err(error)
+                if error
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                    && self.settings.instances.idle().reclaim_one() =>
+            {
+                self.pre.instantiate_async(store).await
+            }
+            created => created,
         }
     }
 }
@@ -99,6 +123,8 @@ impl P3Instances {
 struct Limits {
     max_requests: usize,
     max_concurrent: usize,
+    /// How long after its creation an instance stops taking requests.
+    max_age: Duration,
     timeout: Duration,
     idle_timeout: Duration,
 }
@@ -121,13 +147,18 @@ impl HandlerState for P3Instances {
             None,
         );
         let started = Instant::now();
-        let instantiated = tokio::time::timeout(
-            self.settings.timeout,
-            self.pre.instantiate_async(&mut store),
-        )
-        .await;
+        let instantiated =
+            tokio::time::timeout(self.settings.timeout, self.create(&mut store)).await;
         let proxy = match instantiated {
             Ok(Ok(service)) => service,
+            // The caller answers 503 and counts the rejection.
+            Ok(Err(error))
+                if error
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some() =>
+            {
+                return Err(error);
+            }
             Ok(Err(error)) => {
                 self.metrics.trap(TrapKind::Trap);
                 tracing::error!(
@@ -158,7 +189,9 @@ impl HandlerState for P3Instances {
                 limits,
                 settings: self.settings.clone(),
                 metrics: self.metrics.clone(),
+                born: Instant::now(),
                 started: AtomicUsize::new(0),
+                ends: Mutex::new(Vec::new()),
                 expired,
                 _slot: slot,
             },
@@ -171,8 +204,11 @@ pub struct Worker {
     limits: Limits,
     settings: Arc<RouteSettings>,
     metrics: Arc<RouteMetrics>,
+    born: Instant,
     /// Requests started in this instance so far.
     started: AtomicUsize,
+    /// The ends of the requests whose responses may still be streaming.
+    ends: Mutex<Vec<watch::Sender<GuestEnd>>>,
     /// Set by [`Expiry`] when it ends the worker: a trap that follows is a timeout.
     expired: Arc<AtomicBool>,
     /// Given back when the worker goes, after its store was dropped (in [`WorkerState::drop`]).
@@ -184,7 +220,7 @@ impl WorkerState for Worker {
     type RequestData = RequestData;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
-        if total >= self.limits.max_requests {
+        if total >= self.limits.max_requests || self.born.elapsed() >= self.limits.max_age {
             ShouldAccept::Never
         } else if concurrent >= self.limits.max_concurrent {
             ShouldAccept::No
@@ -203,7 +239,12 @@ impl WorkerState for Worker {
             request_id,
             self_calls,
             trace,
+            end,
         } = data;
+        let mut ends = self.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        ends.retain(|end| !end.is_closed());
+        ends.push(end);
+        drop(ends);
         store
             .data_mut()
             .begin_request(&request_id, self_calls, trace);
@@ -215,17 +256,35 @@ impl WorkerState for Worker {
 
     fn drop(&self, store: Store<HostState>, result: wasmtime::Result<()>) {
         let refused = store.data().memory_refused();
+        let kind = match &result {
+            Ok(()) => None,
+            Err(_) if self.expired.load(Ordering::Relaxed) => Some(TrapKind::Timeout),
+            Err(_) if refused => Some(TrapKind::Memory),
+            Err(_) => Some(TrapKind::Trap),
+        };
+        // Said before the store (and the bodies it feeds) goes; see `RequestData::end`.
+        let end = match kind {
+            None => GuestEnd::Returned,
+            Some(TrapKind::Timeout) => GuestEnd::TimedOut,
+            Some(_) => GuestEnd::Trapped,
+        };
+        for sender in self
+            .ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ = sender.send(end);
+        }
         drop(store);
         self.metrics.instances_active.dec();
-        let Err(error) = result else { return };
-        let kind = if self.expired.load(Ordering::Relaxed) {
-            TrapKind::Timeout
-        } else if refused {
-            TrapKind::Memory
-        } else {
-            TrapKind::Trap
+        let (Err(error), Some(kind)) = (result, kind) else {
+            return;
         };
-        self.metrics.trap(kind);
+        // Timeouts are counted per request, by the request that got the 504.
+        if kind != TrapKind::Timeout {
+            self.metrics.trap(kind);
+        }
         let route = &self.settings.name;
         match (kind, self.settings.log_budget.backtrace()) {
             (TrapKind::Timeout, _) => tracing::warn!(
