@@ -28,7 +28,7 @@ wasmtime_p3() { # NAME PORT [FLAGS...]
 wasmgate_p3() { # NAME PORT ADMIN_PORT [ROUTE_LINES]
   local name=$1 port=$2 admin=$3 lines=${4:-}
   local config="$RESULTS/wasmgate-$name.toml"
-  gateway_config "$config" "$port" "$admin" ""
+  gateway_config "$config" "$port" "$admin" "wasi_p3 = true"
   sed -i "s#release/hello.wasm#release/hello_p3.wasm#" "$config"
   [ -n "$lines" ] && echo "$lines" >> "$config"
   RUST_LOG=warn "$ROOT/target/release/wasmgate" serve "$config" >/dev/null 2>&1 & PIDS+=($!)
