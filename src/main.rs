@@ -10,7 +10,11 @@ use wasmgate::metrics::Metrics;
 use wasmgate::reload::SetLogLevel;
 use wasmgate::runtime::loader::Process;
 
-/// An edge HTTP gateway that serves WebAssembly components (wasi:http, WASI 0.2).
+/// mimalloc for every allocation of the process (Cargo.toml says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// An edge HTTP gateway that serves WebAssembly components (wasi:http, WASI 0.2 and 0.3).
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
