@@ -147,6 +147,28 @@ async fn assert_not_passed_off_as_complete(gw: &Gateway, path: &str) {
 }
 
 #[tokio::test]
+async fn a_request_the_guest_never_saw_leaves_the_instance_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&routes("{ max_requests = 100 }"));
+    let client = http1();
+    assert_eq!(visit(&client, &gw, "/kept").await, "visit 1\n");
+    // HTTP/1.0 without `Host`: no authority to give the guest, so 400 before it runs.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /kept HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
+    // The instance taken for it went back untouched.
+    assert_eq!(visit(&client, &gw, "/kept").await, "visit 2\n");
+}
+
+#[tokio::test]
 async fn idle_instances_are_dropped_after_idle_timeout() {
     let gw = Gateway::start(&routes("{ idle_timeout = \"200ms\" }"));
     let client = http1();

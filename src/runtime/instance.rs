@@ -403,16 +403,27 @@ impl ComponentRoute {
         let mut lease = self.lease(idle.as_deref(), request_id, self_calls, trace.clone())?;
         let deadline = Instant::now() + self.settings.timeout;
         let (response_tx, response_rx) = oneshot::channel();
-        let (incoming, outparam) = {
+        let incoming = lease
+            .store
+            .data_mut()
+            .http()
+            .new_incoming_request(scheme, request);
+        let incoming = match incoming {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                // Nothing reached the guest: a reused instance goes back as it came.
+                if let Some(idle) = idle {
+                    release(idle, lease);
+                }
+                return Err(Failure::BadRequest(format!("{error:#}")));
+            }
+        };
+        let outparam = {
             let mut http = lease.store.data_mut().http();
-            let incoming = http
-                .new_incoming_request(scheme, request)
-                .map_err(|e| Failure::BadRequest(format!("{e:#}")))?;
-            let outparam = http.new_response_outparam(response_tx).map_err(|e| {
+            http.new_response_outparam(response_tx).map_err(|e| {
                 tracing::error!(request_id = %request_id, error = %e, "cannot create the response resource");
                 Failure::GuestFailed
-            })?;
-            (incoming, outparam)
+            })?
         };
 
         let (end_tx, mut end_rx) = watch::channel(GuestEnd::Running);
