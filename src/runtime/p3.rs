@@ -1,5 +1,6 @@
 //! Components that export `wasi:http/handler@0.3.0` (WASI 0.3, "p3"), served through
-//! wasmtime-wasi-http's [`ProxyHandler`].
+//! wasmtime-wasi-http's [`ProxyHandler`], when `[engine] wasi_p3` is on (it turns on the
+//! component model's concurrency in the engine, which costs every WASI 0.2 host call too).
 //!
 //! A p3 handler is an `async` export: one instance can run several requests at once, each a
 //! task of the component model, while the others wait on I/O. `ProxyHandler` runs each instance
