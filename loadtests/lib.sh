@@ -66,6 +66,14 @@ print(f"{name} {rps:.0f} {p50:.3f} {p99:.3f}{extra}")
 PY
 }
 
+# bench_table RESULT...: the "NAME rps p50_ms p99_ms" lines `bench` prints, as a markdown table.
+bench_table() {
+  echo "| server | req/s | p50 ms | p99 ms |"
+  echo "|---|---:|---:|---:|"
+  local r
+  for r in "$@"; do set -- $r; echo "| $1 | $2 | $3 | $4 |"; done
+}
+
 # p50_from_histogram METRICS_URL METRIC ROUTE: the histogram's median in microseconds.
 histogram_p50_us() {
   curl -fs "$1" | python3 -c '

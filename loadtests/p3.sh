@@ -45,9 +45,7 @@ wasmgate_p3 wasmgate-p3-shared 18591 19591 \
 
 echo "wrk -t2 -c${CONNECTIONS:-64} -d${DURATION:-10s}, $($WASMTIME --version)"
 echo
-echo "| server | req/s | p50 ms | p99 ms |"
-echo "|---|---:|---:|---:|"
-for r in "${results[@]}"; do set -- $r; echo "| $1 | $2 | $3 | $4 |"; done
+bench_table "${results[@]}"
 python3 - "${results[@]}" <<'PY'
 import sys
 rows = {r.split()[0]: [float(x) for x in r.split()[1:4]] for r in sys.argv[1:]}

@@ -41,9 +41,7 @@ kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
 echo "wrk -t2 -c${CONNECTIONS:-64} -d${DURATION:-10s}, $reuse_count requests per instance at most, $($WASMTIME --version)"
 echo
-echo "| server | req/s | p50 ms | p99 ms |"
-echo "|---|---:|---:|---:|"
-for r in "${results[@]}"; do set -- $r; echo "| $1 | $2 | $3 | $4 |"; done
+bench_table "${results[@]}"
 python3 - "${results[@]}" <<'PY'
 import sys
 rows = {r.split()[0]: [float(x) for x in r.split()[1:4]] for r in sys.argv[1:]}

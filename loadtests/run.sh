@@ -76,9 +76,7 @@ if $all; then
     echo
     echo "## hello: wasmgate, wasmtime serve -S cli, hyper (wrk)"
     echo
-    echo "| server | req/s | p50 ms | p99 ms |"
-    echo "|---|---:|---:|---:|"
-    for r in "${results[@]}"; do set -- $r; echo "| $1 | $2 | $3 | $4 |"; done
+    bench_table "${results[@]}"
     echo
     echo "## HTTP/2 (h2load)"
     echo

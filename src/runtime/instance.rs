@@ -300,12 +300,16 @@ pub enum ComponentPre {
 
 /// How a route's requests reach its instances.
 enum Serve {
-    P2 {
-        pre: ProxyPre<HostState>,
-        /// The instances kept between requests, for a route with `reuse`.
-        idle: Option<Arc<IdleInstances>>,
-    },
+    P2(Arc<P2Instances>),
     P3(P3Handler),
+}
+
+/// A p2 route's instances: how they are made, and those kept between requests. Shared with
+/// each request's guest task.
+struct P2Instances {
+    pre: ProxyPre<HostState>,
+    /// For a route with `reuse`.
+    idle: Option<Arc<IdleInstances>>,
 }
 
 /// A route served by a component.
@@ -338,7 +342,7 @@ impl ComponentRoute {
                     idle.start_sweeper();
                     idle
                 });
-                Serve::P2 { pre, idle }
+                Serve::P2(Arc::new(P2Instances { pre, idle }))
             }
             ComponentPre::P3(pre) => {
                 Serve::P3(P3Instances::handler(pre, settings.clone(), metrics.clone()))
@@ -385,8 +389,8 @@ impl ComponentRoute {
             self.metrics.rejected(reason);
             Failure::Rejected(reason)
         })?;
-        let idle = match &self.serve {
-            Serve::P2 { idle, .. } => idle,
+        let p2 = match &self.serve {
+            Serve::P2(p2) => p2.clone(),
             Serve::P3(handler) => {
                 let (end, end_rx) = watch::channel(GuestEnd::Running);
                 let data = p3::RequestData {
@@ -400,7 +404,7 @@ impl ComponentRoute {
                     .await;
             }
         };
-        let mut lease = self.lease(idle.as_deref(), request_id, self_calls, trace.clone())?;
+        let mut lease = self.lease(p2.idle.as_deref(), request_id, self_calls, trace.clone())?;
         let deadline = Instant::now() + self.settings.timeout;
         let (response_tx, response_rx) = oneshot::channel();
         let incoming = lease
@@ -412,9 +416,7 @@ impl ComponentRoute {
             Ok(incoming) => incoming,
             Err(error) => {
                 // Nothing reached the guest: a reused instance goes back as it came.
-                if let Some(idle) = idle {
-                    release(idle, lease);
-                }
+                p2.release(lease);
                 return Err(Failure::BadRequest(format!("{error:#}")));
             }
         };
@@ -435,7 +437,11 @@ impl ComponentRoute {
             let run = async {
                 let kept = match lease.kept.take() {
                     Some(kept) => kept,
-                    None => route.instantiate(&mut lease.store, trace.as_ref()).await?,
+                    None => {
+                        route
+                            .instantiate(&p2.pre, &mut lease.store, trace.as_ref())
+                            .await?
+                    }
                 };
                 let _alive = GaugeGuard::inc(&route.metrics.instances_active);
                 kept.proxy
@@ -480,12 +486,7 @@ impl ComponentRoute {
             // or kept for the next request.
             let _ = end_tx.send(end);
             lease.kept = kept;
-            if let Serve::P2 {
-                idle: Some(idle), ..
-            } = &route.serve
-            {
-                release(idle, lease);
-            }
+            p2.release(lease);
         });
 
         // Run the guest on this task until it sets its response: a guest that answers and
@@ -590,13 +591,10 @@ impl ComponentRoute {
     /// Creates the request's instance in its fresh store.
     async fn instantiate(
         &self,
+        pre: &ProxyPre<HostState>,
         store: &mut Store<HostState>,
         trace: Option<&RequestTrace>,
     ) -> Result<Kept, (wasmtime::Error, Stage)> {
-        let Serve::P2 { pre, .. } = &self.serve else {
-            let error = wasmtime::format_err!("a WASI 0.3 route's instances are its workers'");
-            return Err((error, Stage::Instantiate));
-        };
         let started = std::time::Instant::now();
         let proxy = match pre.instantiate_async(&mut *store).await {
             Ok(proxy) => proxy,
@@ -631,7 +629,7 @@ impl ComponentRoute {
 
     fn pre_engine(&self) -> &Engine {
         match &self.serve {
-            Serve::P2 { pre, .. } => pre.engine(),
+            Serve::P2(p2) => p2.pre.engine(),
             Serve::P3(handler) => handler.state().engine(),
         }
     }
@@ -791,22 +789,24 @@ pub(super) fn new_store(
     store
 }
 
-/// Ends a request's hold on a store of a route with `reuse`: an instance that served it cleanly
-/// (`kept` is given back only then) goes back to the route's idle instances; any other is
-/// dropped, then its slot.
-fn release(idle: &IdleInstances, mut lease: Lease) {
-    let Some(kept) = lease.kept.take() else {
-        return;
-    };
-    if lease.store.data().limiter.refused {
-        return;
+impl P2Instances {
+    /// Ends a request's hold on its store: on a route with `reuse`, an instance that served it
+    /// cleanly (`kept` is given back only then) goes back to the idle ones; any other is
+    /// dropped, then its slot.
+    fn release(&self, mut lease: Lease) {
+        let (Some(idle), Some(kept)) = (&self.idle, lease.kept.take()) else {
+            return;
+        };
+        if lease.store.data().memory_refused() {
+            return;
+        }
+        lease.store.data_mut().end_request();
+        idle.put(Warm {
+            store: lease.store,
+            kept,
+            slot: lease.slot,
+        });
     }
-    lease.store.data_mut().end_request();
-    idle.put(Warm {
-        store: lease.store,
-        kept,
-        slot: lease.slot,
-    });
 }
 
 #[cfg(test)]

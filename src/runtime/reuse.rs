@@ -58,15 +58,6 @@ pub struct IdleInstances {
     idle: Mutex<Vec<Idle>>,
 }
 
-/// What became of an instance given back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GiveBack {
-    /// Idle, for the route's next request.
-    Kept,
-    /// It has served `max_requests` or lived `max_age`: dropped.
-    Retired,
-}
-
 impl IdleInstances {
     pub fn new(policy: ReuseConfig, metrics: Arc<RouteMetrics>) -> Arc<IdleInstances> {
         Arc::new(IdleInstances {
@@ -74,10 +65,6 @@ impl IdleInstances {
             metrics,
             idle: Mutex::new(Vec::new()),
         })
-    }
-
-    pub fn policy(&self) -> &ReuseConfig {
-        &self.policy
     }
 
     /// The most recently used idle instance that may still serve, if there is one. Instances
@@ -101,12 +88,13 @@ impl IdleInstances {
         found
     }
 
-    /// Keeps an instance that has answered a request cleanly, unless it is due to retire.
-    pub fn put(&self, mut warm: Warm) -> GiveBack {
+    /// Keeps an instance that has answered a request cleanly, unless it has served
+    /// `max_requests` or lived `max_age`: then it is dropped here.
+    pub fn put(&self, mut warm: Warm) {
         let kept = &mut warm.kept;
         kept.served = kept.served.saturating_add(1);
         if kept.served >= self.policy.max_requests || kept.born.elapsed() >= self.policy.max_age {
-            return GiveBack::Retired;
+            return;
         }
         let entry = Idle {
             warm,
@@ -115,7 +103,6 @@ impl IdleInstances {
         // Counted before it can be taken, so the gauge never dips below the truth.
         self.metrics.instances_idle.inc();
         self.lock().push(entry);
-        GiveBack::Kept
     }
 
     /// Drops the instances idle past `idle_timeout` or older than `max_age`.
