@@ -150,6 +150,16 @@ impl InstanceSlots {
         }
     }
 
+    /// Whether `error` is the pool's own limit (memories, tables, core instances, which run out
+    /// before `max_instances` does when idle instances hold some) and an idle instance was
+    /// dropped to make room: then creating the instance is worth one more try.
+    pub fn reclaimed_after(&self, error: &wasmtime::Error) -> bool {
+        error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+            && self.idle.reclaim_one()
+    }
+
     /// Where routes with `reuse` register their idle instances.
     pub fn idle(&self) -> &IdleRegistry {
         &self.idle

@@ -598,19 +598,10 @@ impl ComponentRoute {
         let started = std::time::Instant::now();
         let proxy = match pre.instantiate_async(&mut *store).await {
             Ok(proxy) => proxy,
-            // The pool's own slots (memories, tables, core instances) ran out before
-            // `max_instances` did: instances idling for reuse hold some. Drop one and try once
-            // more.
-            Err(error)
-                if error
-                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                    .is_some()
-                    && self.settings.instances.idle().reclaim_one() =>
-            {
-                pre.instantiate_async(store)
-                    .await
-                    .map_err(|e| (e, Stage::Instantiate))?
-            }
+            Err(error) if self.settings.instances.reclaimed_after(&error) => pre
+                .instantiate_async(store)
+                .await
+                .map_err(|e| (e, Stage::Instantiate))?,
             Err(error) => return Err((error, Stage::Instantiate)),
         };
         let took = started.elapsed();

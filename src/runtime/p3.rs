@@ -107,12 +107,7 @@ impl P3Instances {
     /// hold some, one of those is dropped and creating it is tried once more.
     async fn create(&self, store: &mut Store<HostState>) -> wasmtime::Result<Service> {
         match self.pre.instantiate_async(&mut *store).await {
-            Err(error)
-                if error
-                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                    .is_some()
-                    && self.settings.instances.idle().reclaim_one() =>
-            {
+            Err(error) if self.settings.instances.reclaimed_after(&error) => {
                 self.pre.instantiate_async(store).await
             }
             created => created,
