@@ -163,8 +163,8 @@ impl HandlerState for P3Instances {
                 );
                 return Err(error);
             }
+            // The request waiting for it times out at the same moment, and is the one counted.
             Err(_) => {
-                self.metrics.trap(TrapKind::Timeout);
                 return Err(wasmtime::format_err!(
                     "instantiation ran past the route's timeout"
                 ));
