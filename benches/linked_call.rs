@@ -7,18 +7,14 @@
 //! end), on a single-threaded tokio runtime, and prints the median and mean time per request.
 //! Set `RUST_BACKTRACE` unset: wasmtime captures a backtrace on every store drop when it is set.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+mod support;
+
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use support::{ITERATIONS, WARMUP, empty, measure, micros};
 use wasmgate::config::Config;
 use wasmgate::gateway::Gateway;
 use wasmgate::metrics::Metrics;
 use wasmgate::runtime::loader::Process;
-
-const WARMUP: usize = 2_000;
-const ITERATIONS: usize = 20_000;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
@@ -76,7 +72,11 @@ links = {{ "local:greeter-demo/greet" = "greeter" }}
             .iter()
             .filter(|(name, _)| name.contains(word.as_str()))
         {
-            let (median, mean) = runtime.block_on(measure(&gateway, path))?;
+            let (median, mean) = runtime.block_on(measure(
+                &gateway,
+                || Ok(http::Request::get(format!("http://localhost{path}")).body(empty())?),
+                |status| status.is_success(),
+            ))?;
             println!(
                 "{name:<28} median {:>7.2} us   mean {:>7.2} us",
                 micros(median),
@@ -87,7 +87,11 @@ links = {{ "local:greeter-demo/greet" = "greeter" }}
     }
     let mut medians = Vec::new();
     for (name, path) in scenarios {
-        let (median, mean) = runtime.block_on(measure(&gateway, path))?;
+        let (median, mean) = runtime.block_on(measure(
+            &gateway,
+            || Ok(http::Request::get(format!("http://localhost{path}")).body(empty())?),
+            |status| status.is_success(),
+        ))?;
         println!(
             "{name:<28} median {:>7.2} us   mean {:>7.2} us",
             micros(median),
@@ -104,37 +108,4 @@ links = {{ "local:greeter-demo/greet" = "greeter" }}
         (medians[3] - medians[1]) / 101.0
     );
     Ok(())
-}
-
-async fn measure(gateway: &Arc<Gateway>, path: &str) -> anyhow::Result<(Duration, Duration)> {
-    let mut times = Vec::with_capacity(ITERATIONS);
-    for i in 0..WARMUP + ITERATIONS {
-        let body = Empty::<Bytes>::new().map_err(|e| -> wasmtime_wasi_http::Error { match e {} });
-        let request = http::Request::get(format!("http://localhost{path}")).body(body)?;
-        let started = Instant::now();
-        let response = gateway.handle(request).await;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("{path}: the body failed: {e}"))?
-            .to_bytes();
-        let elapsed = started.elapsed();
-        anyhow::ensure!(
-            status.is_success(),
-            "{path}: {status} {}",
-            String::from_utf8_lossy(&body)
-        );
-        if i >= WARMUP {
-            times.push(elapsed);
-        }
-    }
-    let mean = times.iter().sum::<Duration>() / times.len() as u32;
-    times.sort();
-    Ok((times[times.len() / 2], mean))
-}
-
-fn micros(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e6
 }

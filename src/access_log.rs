@@ -75,6 +75,12 @@ impl Entry {
     }
 }
 
+/// Whether the log filter lets access-log lines through (`RUST_LOG=warn`, say, does not): when
+/// it does not, the request path gathers nothing for them.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO)
+}
+
 /// A response body that counts what it sends and writes the access-log line when dropped.
 pub struct LoggedBody<B> {
     inner: B,

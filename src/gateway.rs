@@ -14,6 +14,7 @@
 use crate::access_log::{self, LoggedBody};
 use crate::body::{ActiveRequest, BodyCut, CutFlag, LimitedBody, Observation, ResponseBody, full};
 use crate::capabilities::outbound_http::{SelfCalls, SelfDispatch, SelfHandle};
+use crate::client_identity::new_request_id;
 use crate::config::Config;
 use crate::connection_info::ConnectionInfo;
 use crate::generation::{Backend, Generation, Route, Target};
@@ -141,7 +142,7 @@ impl Gateway {
             Err(rejection) => {
                 seen.request_id = new_request_id();
                 let page = error_page(rejection.status(), &seen.request_id, &rejection.to_string());
-                return self.finish(&generation, &mut seen, UNMATCHED_ROUTE.into(), None, page);
+                return self.finish(&mut seen, UNMATCHED_ROUTE.into(), None, page);
             }
         };
         seen.host = host;
@@ -164,7 +165,7 @@ impl Gateway {
         let (route, route_headers) = match choose_route(&generation, &request, &seen, depth) {
             Routed::To(route, headers) => (route, headers),
             Routed::Answered(page) => {
-                return self.finish(&generation, &mut seen, UNMATCHED_ROUTE.into(), None, page);
+                return self.finish(&mut seen, UNMATCHED_ROUTE.into(), None, page);
             }
         };
         let metrics = route.metrics.clone();
@@ -181,7 +182,7 @@ impl Gateway {
         {
             drop(active);
             let page = refuse(request, rate_limited_page(wait, &seen.request_id));
-            return self.finish(&generation, &mut seen, metrics.route.clone(), None, page);
+            return self.finish(&mut seen, metrics.route.clone(), None, page);
         }
 
         // Body size, by its declared length.
@@ -191,7 +192,7 @@ impl Gateway {
                 request,
                 cut_page(BodyCut::TooLarge, &seen.request_id, http1),
             );
-            return self.finish(&generation, &mut seen, metrics.route.clone(), None, page);
+            return self.finish(&mut seen, metrics.route.clone(), None, page);
         }
 
         let headers = request.headers_mut();
@@ -237,13 +238,7 @@ impl Gateway {
             Some(why) => cut_page(why, &seen.request_id, http1),
             None => response,
         };
-        self.finish(
-            &generation,
-            &mut seen,
-            metrics.route.clone(),
-            Some(active),
-            response,
-        )
+        self.finish(&mut seen, metrics.route.clone(), Some(active), response)
     }
 
     /// The observe stage: adds the request id, makes the observation that records the request
@@ -251,7 +246,6 @@ impl Gateway {
     /// access log is on) wraps the body so the log line is written once it is sent.
     fn finish(
         &self,
-        generation: &Generation,
         seen: &mut Seen,
         route: Arc<str>,
         active: Option<ActiveRequest>,
@@ -271,7 +265,7 @@ impl Gateway {
             trace: seen.trace.take(),
         };
         let observation = observation.unless_complete(&response);
-        if !generation.access_log {
+        if !seen.logged {
             return (response, observation);
         }
         let entry = access_log::Entry {
@@ -314,6 +308,9 @@ struct Seen {
     user_agent: Option<String>,
     /// The request's server span, when tracing is on, until the observe stage takes it.
     trace: PendingSpan,
+    /// Whether the access log takes this request: on in the config and let through by the log
+    /// filter.
+    logged: bool,
 }
 
 impl Seen {
@@ -331,8 +328,9 @@ impl Seen {
             request_body_size: None,
             user_agent: None,
             trace: PendingSpan::default(),
+            logged: generation.access_log && access_log::enabled(),
         };
-        if generation.access_log {
+        if seen.logged {
             seen.request_body_size = content_length(request.headers());
             seen.user_agent = request
                 .headers()
@@ -364,7 +362,7 @@ fn identify<B>(request: &mut Request<B>, generation: &Generation, seen: &mut See
             let client = generation
                 .client
                 .apply(headers, connection, seen.host.as_deref());
-            seen.request_id = client.request_id.into();
+            seen.request_id = client.request_id;
             seen.client = Some(client.address);
         }
         _ => {
@@ -541,10 +539,6 @@ where
             .append(http::header::SET_COOKIE, cookie);
     }
     Ok(response)
-}
-
-fn new_request_id() -> Arc<str> {
-    uuid::Uuid::new_v4().simple().to_string().into()
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
