@@ -95,7 +95,10 @@ impl Backend {
     /// What `/routes` and `check` show: the component (with `+NAME` per link) or the upstream.
     pub fn describe(&self) -> String {
         match self {
-            Backend::Component(component) => component.component().to_string(),
+            Backend::Component(component) => match component.own_pool() {
+                None => component.component().to_string(),
+                Some(pool) => format!("{} (own pool: {pool})", component.component()),
+            },
             Backend::Upstream(upstream) => upstream.describe(),
         }
     }

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// When the last reload (or the first load) was applied, in seconds since the epoch.
     pub config_last_success: prometheus::Gauge,
+    /// Instance pools the process has: `[engine]`'s and one per distinct route `pool` tuning.
+    pub instance_pools: IntGauge,
 }
 
 impl Metrics {
@@ -262,8 +264,17 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
+            instance_pools: registered(
+                &registry,
+                IntGauge::new(
+                    "wasmgate_instance_pools",
+                    "Instance pools: [engine]'s and one per distinct route `pool` setting.",
+                )
+                .expect("static metric definition"),
+            ),
             registry: registry.clone(),
         };
+        metrics.instance_pools.set(1);
         let build_info = gauge(
             "wasmgate_build_info",
             "The running gateway's version.",

@@ -13,6 +13,7 @@ pub mod blobstore;
 pub mod listener;
 pub mod middleware;
 pub mod overrides;
+pub mod pool;
 pub mod registry;
 pub mod reuse;
 pub mod split;
@@ -453,6 +454,8 @@ pub struct RouteConfig {
     pub max_memory: Option<u64>,
     /// Serve more than one request from one instance (weaker isolation; off by default).
     pub reuse: Option<reuse::ReuseConfig>,
+    /// Pool settings of this route's own, in place of `[engine]`'s (`config::pool`).
+    pub pool: Option<pool::PoolTuning>,
     /// Requests one instance of a `wasi:http` 0.3 component may run at once; more than 1 needs
     /// `reuse`.
     #[serde(default = "default_max_concurrent_per_instance")]
@@ -740,6 +743,12 @@ impl Config {
             if let Some(reuse) = &route.reuse {
                 reuse.check(&name)?;
             }
+            if route.pool.is_some() && !engine.pooling {
+                bail!(
+                    "{name}: `pool` tunes the pooling allocator, and [engine] pooling = false \
+                     turns it off"
+                );
+            }
             if route.max_concurrent_per_instance == 0 {
                 bail!("{name}: max_concurrent_per_instance must be at least 1");
             }
@@ -823,6 +832,7 @@ impl Config {
                 ("config", !route.config.is_empty()),
                 ("max_memory", route.max_memory.is_some()),
                 ("reuse", route.reuse.is_some()),
+                ("pool", route.pool.is_some()),
                 (
                     "max_concurrent_per_instance",
                     route.max_concurrent_per_instance != 1,

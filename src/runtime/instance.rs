@@ -38,6 +38,7 @@ use crate::capabilities::logging::{self, Backtrace, LogBudget, LoggingView, Requ
 use crate::capabilities::outbound_client::OutboundClient;
 use crate::capabilities::outbound_http::{OutboundPolicy, SelfCalls, SelfHandle};
 use crate::capabilities::wasi::guest_context;
+use crate::config::pool::PoolKey;
 use crate::config::reuse::ReuseConfig;
 use crate::metrics::{GaugeGuard, RouteMetrics};
 use crate::otel::RequestTrace;
@@ -287,6 +288,8 @@ pub struct RouteSettings {
     pub reuse: Option<ReuseConfig>,
     /// Requests one instance of a p3 component runs at once (1 for p2 components).
     pub max_concurrent_per_instance: usize,
+    /// The settings of the route's pool of its own (`pool`), if it has one.
+    pub own_pool: Option<PoolKey>,
 }
 
 /// A route's component, pre-instantiated, by the `wasi:http` world it exports.
@@ -367,6 +370,11 @@ impl ComponentRoute {
     /// The component, as log lines name it.
     pub fn component(&self) -> &str {
         &self.settings.component
+    }
+
+    /// The settings of the route's pool of its own, if it has one (`config::pool`).
+    pub fn own_pool(&self) -> Option<PoolKey> {
+        self.settings.own_pool
     }
 
     /// Runs the request through a fresh instance; see the module docs. `request_cut` is set by

@@ -1,7 +1,8 @@
 //! Loading: the state that lives as long as the process, and the generations built on it.
 //!
 //! A [`Process`] owns what every config shares and a reload keeps: the wasmtime engine and its
-//! epoch ticker, the linker, the keyvalue and blob stores and their connections, the metrics
+//! epoch ticker, the linker (and another such [`Pool`] for each distinct route `pool` tuning,
+//! made when a config first asks for it), the keyvalue and blob stores and their connections, the metrics
 //! registry, the tracer and the process-wide instance slots. [`load`] turns a [`Config`] into a [`Generation`] on that
 //! process: it loads every component once (through the compile cache; `oci::localize` has
 //! pulled those from registries into files first), composes linked ones,
@@ -15,8 +16,9 @@ use crate::capabilities::logging::LogBudget;
 use crate::capabilities::outbound_client::{self, OutboundClient};
 use crate::capabilities::outbound_http::{Allowlist, OutboundRule, PrivateAddresses, SelfHandle};
 use crate::client_identity::ClientPolicy;
+use crate::config::pool::{MAX_POOLS, PoolKey, PoolTuning};
 use crate::config::split::SplitKind;
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, EngineConfig, RouteConfig};
 use crate::generation::{Backend, Generation, RequestLimits, Route, Target};
 use crate::metrics::Metrics;
 use crate::middleware::{self, RateLimit};
@@ -44,10 +46,37 @@ pub struct CapabilityStores {
     blobstore: BlobStores,
 }
 
-/// What lives for the whole process, whatever generation is serving.
-pub struct Process {
+/// One instance pool: a wasmtime engine with its pool settings, the linker of the host's
+/// interfaces on it, and the ticker that drives its epochs.
+struct Pool {
+    key: PoolKey,
     engine: wasmtime::Engine,
     linker: Linker<HostState>,
+    _ticker: EpochTicker,
+}
+
+impl Pool {
+    fn build(engine_config: &EngineConfig) -> anyhow::Result<(Pool, Allocator)> {
+        let (engine, allocator) = build_engine(engine_config)?;
+        let linker = linker(&engine, engine_config.wasi_p3)?;
+        let ticker = EpochTicker::start(engine.clone(), engine_config.epoch_tick);
+        let pool = Pool {
+            key: PoolKey::of(engine_config),
+            engine,
+            linker,
+            _ticker: ticker,
+        };
+        Ok((pool, allocator))
+    }
+}
+
+/// What lives for the whole process, whatever generation is serving.
+pub struct Process {
+    /// `[engine]`'s pool first, then one per distinct route `pool` tuning, in the order configs
+    /// asked for them; kept until the process ends.
+    pools: std::sync::Mutex<Vec<Arc<Pool>>>,
+    /// `[engine]` as it was at start: what every pool is built from.
+    engine_config: EngineConfig,
     /// Whether the engine and linker serve WASI 0.3 components (`[engine] wasi_p3` at start).
     wasi_p3: bool,
     /// The stores of the live generation; a load builds the next ones from these.
@@ -61,7 +90,6 @@ pub struct Process {
     /// The admin listener's address as bound at start (its port, when the config says 0): what
     /// guests' outgoing requests may not reach, whatever a reloaded config says.
     admin: std::net::SocketAddr,
-    _ticker: EpochTicker,
 }
 
 impl Process {
@@ -96,13 +124,11 @@ impl Process {
         stores: CapabilityStores,
         tracing: Option<Arc<Tracing>>,
     ) -> anyhow::Result<Process> {
-        let (engine, allocator) = build_engine(&config.engine)?;
+        let (pool, allocator) = Pool::build(&config.engine)?;
         let instances = InstanceSlots::new(config.engine.max_instances);
-        let linker = linker(&engine, config.engine.wasi_p3)?;
-        let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick);
         Ok(Process {
-            engine,
-            linker,
+            pools: std::sync::Mutex::new(vec![Arc::new(pool)]),
+            engine_config: config.engine.clone(),
             wasi_p3: config.engine.wasi_p3,
             stores: std::sync::Mutex::new(Arc::new(stores)),
             metrics,
@@ -110,8 +136,40 @@ impl Process {
             instances,
             allocator,
             admin: config.admin.listen,
-            _ticker: ticker,
         })
+    }
+
+    /// The settings of the pool of its own a route with `tuning` has, if any: none when the
+    /// tuning changes none of `[engine]`'s.
+    fn own_pool(&self, tuning: Option<&PoolTuning>) -> Option<PoolKey> {
+        let tuned = PoolKey::of(&tuning?.apply(&self.engine_config));
+        (tuned != PoolKey::of(&self.engine_config)).then_some(tuned)
+    }
+
+    /// The pool a route with `tuning` is served from: `[engine]`'s when the tuning changes
+    /// none of its settings, else the one made for the same settings before, else a new one (at
+    /// most [`MAX_POOLS`] in all).
+    fn pool(&self, tuning: Option<&PoolTuning>) -> anyhow::Result<Arc<Pool>> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(tuning), Some(key)) = (tuning, self.own_pool(tuning)) else {
+            return Ok(pools[0].clone());
+        };
+        if let Some(pool) = pools.iter().find(|pool| pool.key == key) {
+            return Ok(pool.clone());
+        }
+        if pools.len() >= MAX_POOLS {
+            anyhow::bail!(
+                "`pool` asks for a pool with {key}, and the process has {MAX_POOLS} pools already                  ([engine]'s and {} for routes; each reserves address space for [engine]                  max_instances instances, and a restart forgets those no route uses): give                  routes the same pool settings",
+                pools.len() - 1
+            );
+        }
+        let (pool, _) = Pool::build(&tuning.apply(&self.engine_config))
+            .context("cannot create the route's own pool")?;
+        tracing::info!(pool = %key, "created an instance pool for routes' `pool` settings");
+        let pool = Arc::new(pool);
+        pools.push(pool.clone());
+        self.metrics.instance_pools.set(pools.len() as i64);
+        Ok(pool)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -340,7 +398,7 @@ fn load_routes(
 
 /// Components loaded so far in one generation, by file and links: each is loaded once, however
 /// many routes use it.
-type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>), ComponentPre>;
+type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>, PoolKey), ComponentPre>;
 
 /// What every component route of one generation is built with.
 struct Shared<'g> {
@@ -366,11 +424,14 @@ fn load_component_route<'a>(
         process, config, ..
     } = shared;
     let path = config.resolve(component);
-    let key = (path.clone(), &route.links);
+    let pool = process
+        .pool(route.pool.as_ref())
+        .with_context(|| name.to_string())?;
+    let key = (path.clone(), &route.links, pool.key);
     let pre = match loaded.get(&key) {
         Some(pre) => pre.clone(),
         None => {
-            let (pre, origin) = load_route_component(config, route, &path, process)
+            let (pre, origin) = load_route_component(config, route, &path, &pool, process)
                 .map_err(|e| with_build_hint(e, &path))
                 .map_err(|e| with_p3_hint(e, process.wasi_p3))
                 .with_context(|| name.to_string())?;
@@ -394,9 +455,10 @@ fn load_route_component(
     config: &Config,
     route: &RouteConfig,
     path: &std::path::Path,
+    pool: &Pool,
     process: &Process,
 ) -> anyhow::Result<(ComponentPre, Origin)> {
-    let (engine, linker) = (&process.engine, &process.linker);
+    let (engine, linker) = (&pool.engine, &pool.linker);
     let path = path.to_path_buf();
     let cache_dir = config.cache_dir();
     let in_context = |e: anyhow::Error| e.context(format!("component {}", path.display()));
@@ -572,6 +634,7 @@ fn component_route(
         ),
         reuse: route.reuse,
         max_concurrent_per_instance: route.max_concurrent_per_instance,
+        own_pool: process.own_pool(route.pool.as_ref()),
     };
     let metrics = process.metrics.route(&route.label());
     Ok(ComponentRoute::new(settings, pre, metrics))
