@@ -97,7 +97,8 @@ for le, count in buckets:
 ' "$2" "$3"
 }
 
-# gateway_config FILE PORT ADMIN_PORT [ENGINE_LINES]: a one-route config serving hello at /.
+# gateway_config FILE PORT ADMIN_PORT [ENGINE_LINES] [ROUTE_LINES]: a one-route config serving
+# hello at / ($COMPONENT instead, when it is set).
 gateway_config() {
   cat > "$1" <<TOML
 [server]
@@ -109,7 +110,8 @@ cache_dir = "$ROOT/target/wasmgate-cache"
 $4
 [[route]]
 path = "/"
-component = "$ROOT/guests/target/wasm32-wasip2/release/hello.wasm"
+component = "${COMPONENT:-$ROOT/guests/target/wasm32-wasip2/release/hello.wasm}"
 max_concurrency = 1000
+${5:-}
 TOML
 }

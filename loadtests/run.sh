@@ -9,7 +9,8 @@
 #
 # Prints requests/s and p50/p99 latency for each, the ratios, and wasmgate's instantiation p50
 # read from its own metric. With --all it goes on with HTTP/2 against `wasmtime serve`
-# (h2.sh), instance reuse against `wasmtime serve --max-instance-reuse-count` (reuse.sh), WASI 0.3 against `wasmtime serve -S p3` (p3.sh), start-up and footprint by route count (startup.sh), idle keep-alive connections
+# (h2.sh), instance reuse against `wasmtime serve --max-instance-reuse-count` (reuse.sh), WASI 0.3 against `wasmtime serve -S p3` (p3.sh),
+# hello components from componentize-py and componentize-js with each pool setting (lang.sh), start-up and footprint by route count (startup.sh), idle keep-alive connections
 # (connections.sh), tracing's cost (tracing.sh) and route lookups (cargo bench --bench router),
 # and writes everything to target/loadtests/summary.md. Raw output is kept in target/loadtests/.
 set -euo pipefail
@@ -90,6 +91,10 @@ if $all; then
     echo
     bash "$here/p3.sh"
     echo
+    echo "## Hello components from three toolchains, and the pool settings (wrk)"
+    echo
+    bash "$here/lang.sh"
+    echo
     echo "## Start-up and idle RSS by route count"
     echo
     bash "$here/startup.sh"
@@ -105,6 +110,10 @@ if $all; then
     echo "## Route lookups (cargo bench --bench router)"
     echo
     (cd "$ROOT" && cargo bench -q --bench router 2>/dev/null)
+    echo
+    echo "## The request path in process (cargo bench --bench request_path)"
+    echo
+    (cd "$ROOT" && cargo bench -q --bench request_path 2>/dev/null)
   } | tee "$summary"
   echo "written: $summary"
 fi

@@ -210,6 +210,21 @@ fn check(path: PathBuf, format: Option<LogFormat>) -> anyhow::Result<()> {
     for line in generation.route_lines() {
         println!("  {line}");
     }
+    println!(
+        "memory footprints (what instances start with; docs/config.md, \"Pool settings per route\"):"
+    );
+    for (path, _) in &generation.components {
+        match wasmgate::runtime::footprint::Footprint::read(path) {
+            Ok(footprint) => {
+                let suggestion = footprint
+                    .suggested_pool(&config.engine)
+                    .map(|pool| format!("; for its routes try {pool}"))
+                    .unwrap_or_default();
+                println!("  {}: {footprint}{suggestion}", path.display());
+            }
+            Err(error) => println!("  {}: {error:#}", path.display()),
+        }
+    }
     Ok(())
 }
 

@@ -150,4 +150,15 @@ fn pool_settings_are_checked() {
     );
     let (ok, text) = check_config(dir.path(), &config("max_instances = 8", INTERPRETER));
     assert!(ok, "{text}");
+    assert!(text.contains("(own pool: pagemap_scan = false"), "{text}");
+    // The footprint of a small component, with no pool to suggest (see runtime::footprint's
+    // tests for one that gets a suggestion).
+    let footprint = text
+        .lines()
+        .find(|line| line.contains("hello.wasm: data "))
+        .unwrap_or_else(|| panic!("no footprint in {text}"));
+    assert!(
+        footprint.contains("MiB, memory at start ") && !footprint.contains("try pool"),
+        "{footprint}"
+    );
 }

@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod component;
 pub mod engine;
+pub mod footprint;
 pub mod instance;
 pub mod linking;
 pub mod loader;
