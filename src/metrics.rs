@@ -274,7 +274,6 @@ impl Metrics {
             ),
             registry: registry.clone(),
         };
-        metrics.instance_pools.set(1);
         let build_info = gauge(
             "wasmgate_build_info",
             "The running gateway's version.",

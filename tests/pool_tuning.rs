@@ -94,7 +94,7 @@ async fn routes_with_the_same_tuning_share_a_pool_and_tuned_instances_start_clea
 }
 
 #[tokio::test]
-async fn a_reload_adds_pools_up_to_four_and_refuses_a_fifth() {
+async fn a_reload_adds_pools_up_to_four_refuses_a_fifth_and_frees_unused_ones() {
     let gw = Gateway::start(&routes(""));
     assert_eq!(pools(&gw).await, Some(2.0));
     let more = |keep: &str| {
@@ -116,11 +116,37 @@ pool = {{ linear_memory_keep_resident = "{keep}" }}
 
     let (status, body) = reload(&gw, &routes(&(more("1MiB") + &more("8MiB")))).await;
     assert!(!status.is_success(), "{status}: {body}");
-    assert!(body.contains("4 pools already"), "{body}");
+    assert!(body.contains("has 4 already"), "{body}");
     // The generation before keeps serving.
     let (status, _, body) = get(&http1(), &gw.url("/more-2MiB")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(pools(&gw).await, Some(4.0));
+
+    // Without the routes that used them, their pools go with the last generation using them.
+    let (status, body) = reload(&gw, &routes("")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for_pools(&gw, 2.0).await;
+    // A reload that fails after making a pool does not keep it.
+    let broken = "\n[[route]]\npath = \"/broken\"\nupstream = \"missing\"\n";
+    let (status, body) = reload(&gw, &routes(&(more("8MiB") + broken))).await;
+    assert!(!status.is_success(), "{status}: {body}");
+    wait_for_pools(&gw, 2.0).await;
+    let (status, body) = reload(&gw, &routes(&(more("8MiB") + &more("16MiB")))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(pools(&gw).await, Some(4.0));
+    let (status, _, body) = get(&http1(), &gw.url("/more-8MiB")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Waits (up to 10 s) for `wasmgate_instance_pools` to read `count`.
+async fn wait_for_pools(gw: &Gateway, count: f64) {
+    for _ in 0..100 {
+        if pools(gw).await == Some(count) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("pools: {:?}, expected {count}", pools(gw).await);
 }
 
 #[test]

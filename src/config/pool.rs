@@ -8,9 +8,10 @@
 //! resident range wholesale is cheaper than scanning it page by page (docs/perf.md, "Hello
 //! components from other toolchains": 2.7x and 1.4x the requests/s). wasmtime applies these
 //! settings per engine, so routes whose tuning differs from `[engine]`'s get an engine and a
-//! pool of their own (`runtime::engine::Engines`), one per distinct tuning, each reserving the
-//! address space of `[engine] max_instances` slots. `[engine] max_instances` still counts every
-//! live instance of every pool together.
+//! pool of their own (`runtime::loader::Pool`), one per distinct tuning, each reserving the
+//! address space of `[engine] max_instances` slots, for as long as a route of a live
+//! generation uses it. `[engine] max_instances` still counts every live instance of every pool
+//! together.
 
 use super::EngineConfig;
 use super::units;
@@ -73,7 +74,8 @@ impl PoolKey {
             pagemap_scan: engine.pagemap_scan,
             linear_memory_keep_resident: engine.linear_memory_keep_resident,
             table_keep_resident: engine.table_keep_resident,
-            decommit_batch_size: engine.decommit_batch_size,
+            // 0 is taken as 1 (`runtime::engine`): the same pool.
+            decommit_batch_size: engine.decommit_batch_size.max(1),
             max_unused_warm_slots: engine.max_unused_warm_slots,
         }
     }

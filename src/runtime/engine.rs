@@ -25,7 +25,6 @@ use crate::config::EngineConfig;
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -144,20 +143,21 @@ impl InstanceSlots {
             if let Ok(slot) = self.free.clone().try_acquire_owned() {
                 return Some(slot);
             }
-            if !self.idle.reclaim_one() {
+            if !self.idle.reclaim_one(None) {
                 return None;
             }
         }
     }
 
     /// Whether `error` is the pool's own limit (memories, tables, core instances, which run out
-    /// before `max_instances` does when idle instances hold some) and an idle instance was
-    /// dropped to make room: then creating the instance is worth one more try.
-    pub fn reclaimed_after(&self, error: &wasmtime::Error) -> bool {
+    /// before `max_instances` does when idle instances hold some) and an idle instance in the
+    /// same pool (`engine`'s) was dropped to make room: then creating the instance is worth one
+    /// more try.
+    pub fn reclaimed_after(&self, error: &wasmtime::Error, engine: &Engine) -> bool {
         error
             .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
             .is_some()
-            && self.idle.reclaim_one()
+            && self.idle.reclaim_one(Some(engine))
     }
 
     /// Where routes with `reuse` register their idle instances.
@@ -197,13 +197,12 @@ fn pooling_config(config: &EngineConfig) -> PoolingAllocationConfig {
 /// Advances an engine's epoch every `tick` on a dedicated thread until dropped.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
     pub fn start(engine: Engine, tick: std::time::Duration) -> EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("wasmgate-epoch".into())
             .spawn({
                 let stop = stop.clone();
@@ -214,22 +213,21 @@ impl EpochTicker {
                     }
                 }
             })
-            .ok();
-        if thread.is_none() {
+            .is_ok();
+        if !started {
             tracing::error!(
                 "cannot start the epoch thread: guest timeouts will not interrupt busy guests"
             );
         }
-        EpochTicker { stop, thread }
+        EpochTicker { stop }
     }
 }
 
+/// The thread ends at its next tick, and is not waited for: a route's own pool can be dropped
+/// on a runtime thread, when the last generation using it ends.
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -42,6 +42,7 @@ use crate::config::pool::PoolKey;
 use crate::config::reuse::ReuseConfig;
 use crate::metrics::{GaugeGuard, RouteMetrics};
 use crate::otel::RequestTrace;
+use crate::runtime::loader::Pool;
 use bytes::Bytes;
 use futures::future::Either;
 use http_body::Body;
@@ -288,8 +289,8 @@ pub struct RouteSettings {
     pub reuse: Option<ReuseConfig>,
     /// Requests one instance of a p3 component runs at once (1 for p2 components).
     pub max_concurrent_per_instance: usize,
-    /// The settings of the route's pool of its own (`pool`), if it has one.
-    pub own_pool: Option<PoolKey>,
+    /// The route's pool of its own (`pool`), if it has one: kept alive by the routes using it.
+    pub own_pool: Option<Arc<Pool>>,
 }
 
 /// A route's component, pre-instantiated, by the `wasi:http` world it exports.
@@ -340,7 +341,7 @@ impl ComponentRoute {
         let serve = match pre {
             ComponentPre::P2(pre) => {
                 let idle = settings.reuse.map(|reuse| {
-                    let idle = IdleInstances::new(reuse, metrics.clone());
+                    let idle = IdleInstances::new(pre.engine().clone(), reuse, metrics.clone());
                     settings.instances.idle().register(&idle);
                     idle.start_sweeper();
                     idle
@@ -374,7 +375,7 @@ impl ComponentRoute {
 
     /// The settings of the route's pool of its own, if it has one (`config::pool`).
     pub fn own_pool(&self) -> Option<PoolKey> {
-        self.settings.own_pool
+        self.settings.own_pool.as_deref().map(Pool::key)
     }
 
     /// Runs the request through a fresh instance; see the module docs. `request_cut` is set by
@@ -606,10 +607,16 @@ impl ComponentRoute {
         let started = std::time::Instant::now();
         let proxy = match pre.instantiate_async(&mut *store).await {
             Ok(proxy) => proxy,
-            Err(error) if self.settings.instances.reclaimed_after(&error) => pre
-                .instantiate_async(store)
-                .await
-                .map_err(|e| (e, Stage::Instantiate))?,
+            Err(error)
+                if self
+                    .settings
+                    .instances
+                    .reclaimed_after(&error, pre.engine()) =>
+            {
+                pre.instantiate_async(store)
+                    .await
+                    .map_err(|e| (e, Stage::Instantiate))?
+            }
             Err(error) => return Err((error, Stage::Instantiate)),
         };
         let took = started.elapsed();

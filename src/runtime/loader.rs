@@ -47,34 +47,53 @@ pub struct CapabilityStores {
 }
 
 /// One instance pool: a wasmtime engine with its pool settings, the linker of the host's
-/// interfaces on it, and the ticker that drives its epochs.
-struct Pool {
+/// interfaces on it, and the ticker that drives its epochs. A route's own pool
+/// (`RouteSettings::own_pool`) lives as long as a route of a live generation uses it.
+pub struct Pool {
     key: PoolKey,
     engine: wasmtime::Engine,
     linker: Linker<HostState>,
     _ticker: EpochTicker,
+    /// `wasmgate_instance_pools`, counting this one until it is dropped.
+    counted: prometheus::IntGauge,
 }
 
 impl Pool {
-    fn build(engine_config: &EngineConfig) -> anyhow::Result<(Pool, Allocator)> {
+    fn build(engine_config: &EngineConfig, metrics: &Metrics) -> anyhow::Result<(Pool, Allocator)> {
         let (engine, allocator) = build_engine(engine_config)?;
         let linker = linker(&engine, engine_config.wasi_p3)?;
         let ticker = EpochTicker::start(engine.clone(), engine_config.epoch_tick);
+        let counted = metrics.instance_pools.clone();
+        counted.inc();
         let pool = Pool {
             key: PoolKey::of(engine_config),
             engine,
             linker,
             _ticker: ticker,
+            counted,
         };
         Ok((pool, allocator))
+    }
+
+    /// The pool's settings.
+    pub fn key(&self) -> PoolKey {
+        self.key
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.counted.dec();
     }
 }
 
 /// What lives for the whole process, whatever generation is serving.
 pub struct Process {
-    /// `[engine]`'s pool first, then one per distinct route `pool` tuning, in the order configs
-    /// asked for them; kept until the process ends.
-    pools: std::sync::Mutex<Vec<Arc<Pool>>>,
+    /// `[engine]`'s pool, which every route without a `pool` of its own uses.
+    pool: Arc<Pool>,
+    /// One per distinct route `pool` tuning, for as long as a route of a live generation (or of
+    /// one being built) holds it.
+    own_pools: std::sync::Mutex<Vec<std::sync::Weak<Pool>>>,
     /// `[engine]` as it was at start: what every pool is built from.
     engine_config: EngineConfig,
     /// Whether the engine and linker serve WASI 0.3 components (`[engine] wasi_p3` at start).
@@ -124,10 +143,11 @@ impl Process {
         stores: CapabilityStores,
         tracing: Option<Arc<Tracing>>,
     ) -> anyhow::Result<Process> {
-        let (pool, allocator) = Pool::build(&config.engine)?;
+        let (pool, allocator) = Pool::build(&config.engine, &metrics)?;
         let instances = InstanceSlots::new(config.engine.max_instances);
         Ok(Process {
-            pools: std::sync::Mutex::new(vec![Arc::new(pool)]),
+            pool: Arc::new(pool),
+            own_pools: std::sync::Mutex::default(),
             engine_config: config.engine.clone(),
             wasi_p3: config.engine.wasi_p3,
             stores: std::sync::Mutex::new(Arc::new(stores)),
@@ -139,37 +159,47 @@ impl Process {
         })
     }
 
-    /// The settings of the pool of its own a route with `tuning` has, if any: none when the
-    /// tuning changes none of `[engine]`'s.
-    fn own_pool(&self, tuning: Option<&PoolTuning>) -> Option<PoolKey> {
-        let tuned = PoolKey::of(&tuning?.apply(&self.engine_config));
-        (tuned != PoolKey::of(&self.engine_config)).then_some(tuned)
-    }
-
     /// The pool a route with `tuning` is served from: `[engine]`'s when the tuning changes
-    /// none of its settings, else the one made for the same settings before, else a new one (at
-    /// most [`MAX_POOLS`] in all).
-    fn pool(&self, tuning: Option<&PoolTuning>) -> anyhow::Result<Arc<Pool>> {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(tuning), Some(key)) = (tuning, self.own_pool(tuning)) else {
-            return Ok(pools[0].clone());
+    /// none of its settings (or there is none), else a pool of its own: the one a live route
+    /// with the same settings uses, else a new one (at most [`MAX_POOLS`] in all, `[engine]`'s
+    /// included).
+    fn pool(&self, tuning: Option<&PoolTuning>) -> anyhow::Result<RoutePool> {
+        let Some(tuned) = tuning.map(|tuning| tuning.apply(&self.engine_config)) else {
+            return Ok(RoutePool::Engine(self.pool.clone()));
         };
-        if let Some(pool) = pools.iter().find(|pool| pool.key == key) {
-            return Ok(pool.clone());
+        let key = PoolKey::of(&tuned);
+        if key == self.pool.key {
+            return Ok(RoutePool::Engine(self.pool.clone()));
         }
-        if pools.len() >= MAX_POOLS {
+        if !self.engine_config.pooling {
             anyhow::bail!(
-                "`pool` asks for a pool with {key}, and the process has {MAX_POOLS} pools already                  ([engine]'s and {} for routes; each reserves address space for [engine]                  max_instances instances, and a restart forgets those no route uses): give                  routes the same pool settings",
-                pools.len() - 1
+                "`pool` tunes the pooling allocator, and this process started with [engine] \
+                 pooling = false (a restart applies [engine] changes)"
             );
         }
-        let (pool, _) = Pool::build(&tuning.apply(&self.engine_config))
-            .context("cannot create the route's own pool")?;
+        let mut own = self.own_pools.lock().unwrap_or_else(|p| p.into_inner());
+        own.retain(|pool| pool.strong_count() > 0);
+        if let Some(pool) = own
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|pool| pool.key == key)
+        {
+            return Ok(RoutePool::Own(pool));
+        }
+        if own.len() + 1 >= MAX_POOLS {
+            anyhow::bail!(
+                "`pool` asks for a pool with {key}, and the process has {MAX_POOLS} already \
+                 ([engine]'s and {} that routes use; each reserves address space for [engine] \
+                 max_instances instances): give routes the same pool settings",
+                own.len()
+            );
+        }
+        let (pool, _) =
+            Pool::build(&tuned, &self.metrics).context("cannot create the route's own pool")?;
         tracing::info!(pool = %key, "created an instance pool for routes' `pool` settings");
         let pool = Arc::new(pool);
-        pools.push(pool.clone());
-        self.metrics.instance_pools.set(pools.len() as i64);
-        Ok(pool)
+        own.push(Arc::downgrade(&pool));
+        Ok(RoutePool::Own(pool))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -398,6 +428,35 @@ fn load_routes(
 
 /// Components loaded so far in one generation, by file and links: each is loaded once, however
 /// many routes use it.
+/// The pool a route's instances come from.
+#[derive(Clone)]
+enum RoutePool {
+    /// `[engine]`'s.
+    Engine(Arc<Pool>),
+    /// One of its own (`pool`), kept alive by the routes that use it.
+    Own(Arc<Pool>),
+}
+
+impl std::ops::Deref for RoutePool {
+    type Target = Pool;
+
+    fn deref(&self) -> &Pool {
+        match self {
+            RoutePool::Engine(pool) | RoutePool::Own(pool) => pool,
+        }
+    }
+}
+
+impl RoutePool {
+    /// The pool, when it is the route's own.
+    fn own(&self) -> Option<Arc<Pool>> {
+        match self {
+            RoutePool::Engine(_) => None,
+            RoutePool::Own(pool) => Some(pool.clone()),
+        }
+    }
+}
+
 type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>, PoolKey), ComponentPre>;
 
 /// What every component route of one generation is built with.
@@ -435,7 +494,10 @@ fn load_component_route<'a>(
                 .map_err(|e| with_build_hint(e, &path))
                 .map_err(|e| with_p3_hint(e, process.wasi_p3))
                 .with_context(|| name.to_string())?;
-            components.push((path.clone(), origin));
+            // Once per file, whichever pools it is loaded into.
+            if !components.iter().any(|(loaded, _)| *loaded == path) {
+                components.push((path.clone(), origin));
+            }
             loaded.insert(key, pre.clone());
             pre
         }
@@ -445,7 +507,7 @@ fn load_component_route<'a>(
         .keyvalue
         .grants(&route.keyvalue)
         .with_context(|| name.to_string())?;
-    component_route(shared, route, component, pre, grants, admission)
+    component_route(shared, route, component, pre, pool.own(), grants, admission)
         .with_context(|| name.to_string())
 }
 
@@ -566,6 +628,7 @@ fn component_route(
     route: &RouteConfig,
     component: &Path,
     pre: ComponentPre,
+    own_pool: Option<Arc<Pool>>,
     keyvalue: Grants,
     admission: Arc<Admission>,
 ) -> anyhow::Result<ComponentRoute> {
@@ -634,7 +697,7 @@ fn component_route(
         ),
         reuse: route.reuse,
         max_concurrent_per_instance: route.max_concurrent_per_instance,
-        own_pool: process.own_pool(route.pool.as_ref()),
+        own_pool,
     };
     let metrics = process.metrics.route(&route.label());
     Ok(ComponentRoute::new(settings, pre, metrics))

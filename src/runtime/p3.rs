@@ -107,7 +107,12 @@ impl P3Instances {
     /// hold some, one of those is dropped and creating it is tried once more.
     async fn create(&self, store: &mut Store<HostState>) -> wasmtime::Result<Service> {
         match self.pre.instantiate_async(&mut *store).await {
-            Err(error) if self.settings.instances.reclaimed_after(&error) => {
+            Err(error)
+                if self
+                    .settings
+                    .instances
+                    .reclaimed_after(&error, self.pre.engine()) =>
+            {
                 self.pre.instantiate_async(store).await
             }
             created => created,

@@ -17,7 +17,9 @@
 //!
 //! An idle instance keeps its slot of `[engine] max_instances`. So that instances idling on one
 //! route never turn away another route's requests, a request that finds no free slot has the
-//! longest-idle instance of any route dropped ([`IdleRegistry::reclaim_one`]) and tries again.
+//! longest-idle instance of any route dropped ([`IdleRegistry::reclaim_one`]) and tries again;
+//! one whose instantiation hit its pool's own limits has the longest-idle instance of the same
+//! pool dropped (routes with a `pool` of their own have theirs).
 
 use super::engine::InstanceSlot;
 use super::instance::HostState;
@@ -52,6 +54,8 @@ struct Idle {
 
 /// One route's idle instances.
 pub struct IdleInstances {
+    /// The engine (and so the pool) the instances live in.
+    engine: wasmtime::Engine,
     policy: ReuseConfig,
     metrics: Arc<RouteMetrics>,
     /// Oldest first; taken from the back.
@@ -59,8 +63,13 @@ pub struct IdleInstances {
 }
 
 impl IdleInstances {
-    pub fn new(policy: ReuseConfig, metrics: Arc<RouteMetrics>) -> Arc<IdleInstances> {
+    pub fn new(
+        engine: wasmtime::Engine,
+        policy: ReuseConfig,
+        metrics: Arc<RouteMetrics>,
+    ) -> Arc<IdleInstances> {
         Arc::new(IdleInstances {
+            engine,
             policy,
             metrics,
             idle: Mutex::new(Vec::new()),
@@ -189,13 +198,20 @@ impl IdleRegistry {
         routes.push(Arc::downgrade(idle));
     }
 
-    /// Drops the longest-idle instance of every route's; whether one was dropped (and its slot
-    /// given back).
-    pub fn reclaim_one(&self) -> bool {
+    /// Drops the longest-idle instance of every route's, or of the routes whose instances live
+    /// in `engine`'s pool when it is given (what frees room in that pool); whether one was
+    /// dropped (and its slot of `max_instances` given back).
+    pub fn reclaim_one(&self, engine: Option<&wasmtime::Engine>) -> bool {
         let routes: Vec<Arc<IdleInstances>> = {
             let mut routes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             routes.retain(|route| route.strong_count() > 0);
-            routes.iter().filter_map(Weak::upgrade).collect()
+            routes
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|route| {
+                    engine.is_none_or(|engine| wasmtime::Engine::same(engine, &route.engine))
+                })
+                .collect()
         };
         let mut by_idleness: Vec<(Instant, &Arc<IdleInstances>)> = routes
             .iter()
