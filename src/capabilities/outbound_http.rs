@@ -452,7 +452,9 @@ type SendFuture =
 
 impl WasiHttpHooks for OutboundPolicy {
     /// The default's answer without its cost: the default makes an `Arc`'d closure
-    /// (`forbidden_header_filter`) for every header of every request and asks it once.
+    /// (`forbidden_header_filter`) for every header of every request and asks it once. WASI 0.3
+    /// trailers still go through `forbidden_header_filter`'s default: a header added here must
+    /// be added there too.
     fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
         wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
     }
