@@ -2,8 +2,9 @@
 //! `hello`. Answers `Hello from wasi:http 0.3! (request N of this instance)`, counting the
 //! requests its instance has taken, so a test can see which ones shared an instance.
 //! `?delay_ms=N` first waits N milliseconds on the host's clock (an `async` wait: other
-//! requests can run in the same instance meanwhile); `?trap=1` traps; `?cut=1` answers 200,
-//! writes `partial\n` and traps before the body is finished; `?self=PATH` answers with the
+//! requests can run in the same instance meanwhile); `?trap=1` traps; `?cut=N` answers 200,
+//! writes `partial\n`, waits N milliseconds (so the client has the headers and that much) and
+//! traps before the body is finished; `?self=PATH` answers with the
 //! status and body of `GET http://self/PATH` instead (the route must allow `http://self`).
 
 use std::cell::Cell;
@@ -32,7 +33,8 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
         if query_number(&query, "trap") > 0 {
             panic!("trapping on purpose at request {number}");
         }
-        let cut = query_number(&query, "cut") > 0;
+        let cut_after_ms = query_number(&query, "cut");
+        let cut = cut_after_ms > 0;
         let text = match query_text(&query, "self") {
             Some(path) => call_self(&path).await?,
             None => format!("Hello from wasi:http 0.3! (request {number} of this instance)\n"),
@@ -47,6 +49,8 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
         wit_bindgen::spawn(async move {
             if cut {
                 let _ = body_tx.write_all(b"partial\n".to_vec()).await;
+                wasip3::clocks::monotonic_clock::wait_for(cut_after_ms.saturating_mul(1_000_000))
+                    .await;
                 panic!("trapping on purpose halfway through the body");
             }
             let _ = body_tx.write_all(text.into_bytes()).await;
