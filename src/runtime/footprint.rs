@@ -51,7 +51,7 @@ impl Footprint {
 
     /// The `pool` setting to try for this component, when `[engine]`'s is not it: a component
     /// whose data is more than `[engine]` keeps resident (an interpreter's snapshot) was served
-    /// 1.4x-2.7x faster by resetting a resident range that covers it wholesale than by
+    /// 1.3x-2.7x faster by resetting a resident range that covers it wholesale than by
     /// `PAGEMAP_SCAN` (measured on componentize-py and componentize-js hellos); a small one is
     /// served best by `[engine]`'s defaults.
     pub fn suggested_pool(&self, engine: &EngineConfig) -> Option<String> {
