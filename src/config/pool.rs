@@ -6,12 +6,13 @@
 //! is served best with `PAGEMAP_SCAN` (only dirtied pages are reset), while an interpreter's
 //! snapshot (componentize-py, componentize-js) dirties megabytes, and resetting a 16 MiB
 //! resident range wholesale is cheaper than scanning it page by page (docs/perf.md, "Hello
-//! components from other toolchains": 2.2-2.7x and 1.3-1.4x the requests/s in two runs). wasmtime applies these
-//! settings per engine, so routes whose tuning differs from `[engine]`'s get an engine and a
-//! pool of their own (`runtime::loader::Pool`), one per distinct tuning, each reserving the
-//! address space of `[engine] max_instances` slots, for as long as a route of a live
-//! generation uses it. `[engine] max_instances` still counts every live instance of every pool
-//! together.
+//! components from other toolchains": 2.2-2.7x and 1.3-1.4x the requests/s in two runs).
+//!
+//! wasmtime applies these settings per engine, so routes whose tuning differs from
+//! `[engine]`'s get an engine and a pool of their own (`runtime::loader::Pool`), one per
+//! distinct tuning, each reserving the address space of `[engine] max_instances` slots, for as
+//! long as a route of a live generation uses it. `[engine] max_instances` still counts every
+//! live instance of every pool together.
 
 use super::EngineConfig;
 use super::units;
