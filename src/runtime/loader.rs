@@ -2,7 +2,7 @@
 //!
 //! A [`Process`] owns what every config shares and a reload keeps: the wasmtime engine and its
 //! epoch ticker, the linker (and another such [`Pool`] for each distinct route `pool` tuning,
-//! made when a config first asks for it), the keyvalue and blob stores and their connections, the metrics
+//! while routes use it), the keyvalue and blob stores and their connections, the metrics
 //! registry, the tracer and the process-wide instance slots. [`load`] turns a [`Config`] into a [`Generation`] on that
 //! process: it loads every component once (through the compile cache; `oci::localize` has
 //! pulled those from registries into files first), composes linked ones,
@@ -426,8 +426,6 @@ fn load_routes(
     })
 }
 
-/// Components loaded so far in one generation, by file and links: each is loaded once, however
-/// many routes use it.
 /// The pool a route's instances come from.
 #[derive(Clone)]
 enum RoutePool {
@@ -457,6 +455,8 @@ impl RoutePool {
     }
 }
 
+/// Components loaded so far in one generation, by file, links and pool: each is loaded once per
+/// pool, however many routes use it.
 type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>, PoolKey), ComponentPre>;
 
 /// What every component route of one generation is built with.
