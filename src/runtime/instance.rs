@@ -373,9 +373,14 @@ impl ComponentRoute {
         &self.settings.component
     }
 
-    /// The settings of the route's pool of its own, if it has one (`config::pool`).
+    /// The settings of the route's pool of its own, if it has one (`config::pool`) and its
+    /// component was loaded into that pool's engine: what `/routes` shows is what serves.
     pub fn own_pool(&self) -> Option<PoolKey> {
-        self.settings.own_pool.as_deref().map(Pool::key)
+        self.settings
+            .own_pool
+            .as_deref()
+            .filter(|pool| Engine::same(pool.engine(), self.pre_engine()))
+            .map(Pool::key)
     }
 
     /// Runs the request through a fresh instance; see the module docs. `request_cut` is set by

@@ -79,6 +79,11 @@ impl Pool {
     pub fn key(&self) -> PoolKey {
         self.key
     }
+
+    /// The pool's engine.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
 }
 
 impl Drop for Pool {
