@@ -168,13 +168,13 @@ impl Process {
     /// none of its settings (or there is none), else a pool of its own: the one a live route
     /// with the same settings uses, else a new one (at most [`MAX_POOLS`] in all, `[engine]`'s
     /// included).
-    fn pool(&self, tuning: Option<&PoolTuning>) -> anyhow::Result<RoutePool> {
+    fn pool(&self, tuning: Option<&PoolTuning>) -> anyhow::Result<Arc<Pool>> {
         let Some(tuned) = tuning.map(|tuning| tuning.apply(&self.engine_config)) else {
-            return Ok(RoutePool::Engine(self.pool.clone()));
+            return Ok(self.pool.clone());
         };
         let key = PoolKey::of(&tuned);
         if key == self.pool.key {
-            return Ok(RoutePool::Engine(self.pool.clone()));
+            return Ok(self.pool.clone());
         }
         if !self.engine_config.pooling {
             anyhow::bail!(
@@ -189,7 +189,7 @@ impl Process {
             .filter_map(std::sync::Weak::upgrade)
             .find(|pool| pool.key == key)
         {
-            return Ok(RoutePool::Own(pool));
+            return Ok(pool);
         }
         if own.len() + 1 >= MAX_POOLS {
             anyhow::bail!(
@@ -204,7 +204,7 @@ impl Process {
         tracing::info!(pool = %key, "created an instance pool for routes' `pool` settings");
         let pool = Arc::new(pool);
         own.push(Arc::downgrade(&pool));
-        Ok(RoutePool::Own(pool))
+        Ok(pool)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -431,35 +431,6 @@ fn load_routes(
     })
 }
 
-/// The pool a route's instances come from.
-#[derive(Clone)]
-enum RoutePool {
-    /// `[engine]`'s.
-    Engine(Arc<Pool>),
-    /// One of its own (`pool`), kept alive by the routes that use it.
-    Own(Arc<Pool>),
-}
-
-impl std::ops::Deref for RoutePool {
-    type Target = Pool;
-
-    fn deref(&self) -> &Pool {
-        match self {
-            RoutePool::Engine(pool) | RoutePool::Own(pool) => pool,
-        }
-    }
-}
-
-impl RoutePool {
-    /// The pool, when it is the route's own.
-    fn own(&self) -> Option<Arc<Pool>> {
-        match self {
-            RoutePool::Engine(_) => None,
-            RoutePool::Own(pool) => Some(pool.clone()),
-        }
-    }
-}
-
 /// Components loaded so far in one generation, by file, links and pool: each is loaded once per
 /// pool, however many routes use it.
 type Loaded<'a> = HashMap<(PathBuf, &'a BTreeMap<String, String>, PoolKey), ComponentPre>;
@@ -512,7 +483,9 @@ fn load_component_route<'a>(
         .keyvalue
         .grants(&route.keyvalue)
         .with_context(|| name.to_string())?;
-    component_route(shared, route, component, pre, pool.own(), grants, admission)
+    // The pool is the route's own unless it is `[engine]`'s.
+    let own_pool = (!Arc::ptr_eq(&pool, &process.pool)).then_some(pool);
+    component_route(shared, route, component, pre, own_pool, grants, admission)
         .with_context(|| name.to_string())
 }
 
