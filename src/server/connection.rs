@@ -28,7 +28,7 @@ use hyper_util::server::graceful::GracefulConnection;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -68,11 +68,23 @@ impl Room {
 }
 
 /// What the connection task and its requests share.
+///
+/// Requests start and end without waking the connection task: it looks at the counts and
+/// timestamps here when one of its own timers fires. The one exception is the start of a
+/// request while the task sleeps through an idle connection's deadline (`wake_on_start`): it
+/// then wakes once, to watch the now busy connection's responses ([`drive`]). A connection
+/// serving back-to-back keep-alive requests so costs its task no wake-up per request.
 pub struct Activity {
     in_flight: AtomicUsize,
     /// Requests started so far: a request that starts and ends between two looks at
     /// `in_flight` still counts.
     started: AtomicUsize,
+    /// When the latest request ended, in nanoseconds since `born` (0 before the first): with
+    /// nothing in flight, when the connection became idle.
+    last_end: AtomicU64,
+    born: Instant,
+    /// Whether the next request to start wakes the connection task.
+    wake_on_start: AtomicBool,
     changed: Notify,
     /// `send_timeout`: how long the peer may take to accept each 16 KiB of a response frame.
     send_timeout: Duration,
@@ -81,11 +93,23 @@ pub struct Activity {
     next_body: AtomicU64,
 }
 
+/// What the connection task saw when it looked at its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// At least one response not fully sent.
+    Busy,
+    /// Nothing in flight since `since`; `served` says whether any request came before.
+    Idle { since: Instant, served: bool },
+}
+
 impl Activity {
     pub fn new(send_timeout: Duration) -> Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            born: Instant::now(),
+            wake_on_start: AtomicBool::new(true),
             changed: Notify::new(),
             send_timeout,
             peer_waits: Mutex::new(Vec::new()),
@@ -95,18 +119,43 @@ impl Activity {
 
     /// Marks a request as in flight until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // SeqCst with `look`: either the task sees this request in flight, or this sees the
+        // task's `wake_on_start`.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.started.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
+        if self.wake_on_start.load(Ordering::SeqCst)
+            && self.wake_on_start.swap(false, Ordering::SeqCst)
+        {
+            self.changed.notify_one();
+        }
         InFlight(self.clone())
     }
 
+    /// Whether nothing is in flight, as of now.
     fn idle(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
+        self.in_flight.load(Ordering::SeqCst) == 0
     }
 
-    fn served(&self) -> bool {
-        self.started.load(Ordering::Acquire) > 0
+    fn started(&self) -> usize {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// How the connection is now. An idle connection also asks to be told when its next
+    /// request starts.
+    fn look(&self) -> Seen {
+        if !self.idle() {
+            return Seen::Busy;
+        }
+        self.wake_on_start.store(true, Ordering::SeqCst);
+        // A request that started before the flag was up did not wake the task: look again.
+        if !self.idle() {
+            return Seen::Busy;
+        }
+        let ended = Duration::from_nanos(self.last_end.load(Ordering::SeqCst));
+        Seen::Idle {
+            since: self.born + ended,
+            served: self.started() > 0,
+        }
     }
 
     /// Body `id` gave hyper a frame of `bytes` bytes: the peer must take it within
@@ -148,9 +197,12 @@ pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
-        }
+        let activity = &self.0;
+        // Stamped before the count drops, so whoever sees the connection idle sees when it
+        // became so.
+        let ended = u64::try_from(activity.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        activity.last_end.fetch_max(ended, Ordering::SeqCst);
+        activity.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -293,6 +345,10 @@ pub enum Ending<T> {
 /// Drives `connection` to its end, closing it gracefully when it idles too long,
 /// when a new client needs room, or when `shutdown` turns true. Returns how it ended and why it
 /// was asked to close, if it was.
+///
+/// The task sleeps between looks at the connection ([`Activity`]): while idle, until its idle
+/// deadline or its next request's start; while busy, for [`STALL_CHECK`] at a time, looking
+/// for stalled responses. Requests that come and go meanwhile cost it nothing.
 pub async fn drive(
     mut connection: Pin<Box<dyn Serving>>,
     activity: Arc<Activity>,
@@ -301,69 +357,22 @@ pub async fn drive(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> (Ending<Result<(), BoxError>>, Option<CloseReason>) {
     let mut close: Option<CloseReason> = None;
+    let mut ask_to_close: Option<CloseReason> = None;
     // While open: when it will have idled too long (none while busy). Once asked to close: when
     // it is dropped if it has not closed (none for a shutdown, which has its own grace period).
-    let mut deadline = Some(Instant::now() + limits.first_request);
-    let mut room_wait: Option<Pin<Box<OwnedNotified>>> = None;
+    let mut deadline: Option<Instant> = None;
+    // Queued for eviction, with the requests started when it queued: one started since means
+    // the connection has not been idle all that time.
+    let mut room_wait: Option<(Pin<Box<OwnedNotified>>, usize)> = None;
+    // As last seen: busy connections are looked at every STALL_CHECK (and nothing else wakes
+    // the task when they turn idle).
+    let mut busy = false;
     let timer = std::pin::pin!(tokio::time::sleep(limits.first_request));
     let mut timer: Pin<&mut Sleep> = timer;
     let stall_check = std::pin::pin!(tokio::time::sleep(STALL_CHECK));
     let mut stall_check: Pin<&mut Sleep> = stall_check;
     loop {
-        if close.is_none() && room_wait.is_none() && activity.idle() {
-            // Queue for eviction, in the order connections became idle.
-            room_wait = Some(Box::pin(room.wait()));
-        }
-        if let Some(deadline) = deadline {
-            timer.as_mut().reset(deadline);
-        }
-        let mut ask_to_close = None;
-        tokio::select! {
-            output = connection.as_mut() => return (Ending::Finished(output), close),
-            _ = activity.changed.notified() => {
-                if close.is_some() {
-                    continue;
-                }
-                if activity.idle() {
-                    let limit = if activity.served() {
-                        limits.between_requests
-                    } else {
-                        limits.first_request
-                    };
-                    deadline = Some(Instant::now() + limit);
-                } else {
-                    deadline = None;
-                    room_wait = None;
-                }
-            }
-            _ = timer.as_mut(), if deadline.is_some() => {
-                if close.is_some() {
-                    return (Ending::Dropped, close);
-                }
-                ask_to_close = Some(CloseReason::Idle);
-            }
-            _ = async { if let Some(wait) = room_wait.as_mut() { wait.await } }, if room_wait.is_some() && close.is_none() => {
-                room_wait = None;
-                if activity.idle() && !activity.served() {
-                    // Not one request yet (silent, or mid-handshake): nothing to finish.
-                    return (Ending::Dropped, Some(CloseReason::Room));
-                } else if activity.idle() {
-                    ask_to_close = Some(CloseReason::Room);
-                } else {
-                    // It became busy meanwhile: pass the request for room on.
-                    room.ask();
-                }
-            }
-            _ = shutdown.changed(), if close.is_none() => ask_to_close = Some(CloseReason::Shutdown),
-            _ = stall_check.as_mut(), if !activity.idle() => {
-                if activity.stalled() {
-                    // Nothing the peer would take can finish gracefully: drop it now.
-                    return (Ending::Dropped, Some(CloseReason::Stalled));
-                }
-                stall_check.as_mut().reset(Instant::now() + STALL_CHECK);
-            }
-        }
-        if let Some(reason) = ask_to_close {
+        if let Some(reason) = ask_to_close.take() {
             close = Some(reason);
             room_wait = None;
             deadline = match reason {
@@ -373,6 +382,70 @@ pub async fn drive(
                 }
             };
             connection.as_mut().close_gracefully();
+        }
+        if close.is_none() {
+            match activity.look() {
+                Seen::Busy => {
+                    busy = true;
+                    deadline = None;
+                    // Busy connections leave the eviction queue; it comes back when idle.
+                    room_wait = None;
+                }
+                Seen::Idle { since, served } => {
+                    busy = false;
+                    let limit = if served {
+                        limits.between_requests
+                    } else {
+                        limits.first_request
+                    };
+                    let due = since + limit;
+                    if due <= Instant::now() {
+                        ask_to_close = Some(CloseReason::Idle);
+                        continue;
+                    }
+                    deadline = Some(due);
+                    if room_wait.is_none() {
+                        // Queue for eviction, in the order connections became idle.
+                        room_wait = Some((Box::pin(room.wait()), activity.started()));
+                    }
+                }
+            }
+        }
+        if let Some(deadline) = deadline {
+            timer.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            output = connection.as_mut() => return (Ending::Finished(output), close),
+            // A request started on an idle connection: look again.
+            _ = activity.changed.notified() => {}
+            _ = timer.as_mut(), if deadline.is_some() => {
+                if close.is_some() {
+                    return (Ending::Dropped, close);
+                }
+                // Open: the next look tells whether it is still idle, and since when.
+            }
+            _ = async { if let Some((wait, _)) = room_wait.as_mut() { wait.await } }, if room_wait.is_some() && close.is_none() => {
+                let queued_with = room_wait.take().map_or(0, |(_, started)| started);
+                let started = activity.started();
+                if activity.idle() && started == 0 {
+                    // Not one request yet (silent, or mid-handshake): nothing to finish.
+                    return (Ending::Dropped, Some(CloseReason::Room));
+                } else if activity.idle() && started == queued_with {
+                    ask_to_close = Some(CloseReason::Room);
+                } else {
+                    // Busy, or busy since it queued: not the longest idle. Pass the request for
+                    // room on; it queues again at the back once seen idle.
+                    room.ask();
+                }
+            }
+            _ = shutdown.changed(), if close.is_none() => ask_to_close = Some(CloseReason::Shutdown),
+            _ = stall_check.as_mut(), if busy || close.is_some() => {
+                if activity.stalled() {
+                    // Nothing the peer would take can finish gracefully: drop it now.
+                    return (Ending::Dropped, Some(CloseReason::Stalled));
+                }
+                stall_check.as_mut().reset(Instant::now() + STALL_CHECK);
+            }
         }
     }
 }
@@ -509,5 +582,46 @@ fn written(result: &Poll<io::Result<usize>>) -> usize {
     match result {
         Poll::Ready(Ok(n)) => *n,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt as _;
+
+    fn woken(activity: &Activity) -> bool {
+        activity.changed.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_request_wakes_the_task_only_on_a_connection_it_last_saw_idle() {
+        let activity = Arc::new(Activity::new(Duration::from_secs(30)));
+        let born = Instant::now();
+        assert!(matches!(activity.look(), Seen::Idle { served: false, since } if since <= born));
+        let first = activity.start();
+        assert!(woken(&activity), "the first request wakes the task");
+        assert_eq!(activity.look(), Seen::Busy);
+        // Seen busy: requests come and go without waking it.
+        let second = activity.start();
+        drop(first);
+        let ended = Instant::now();
+        drop(second);
+        assert!(!woken(&activity));
+        let third = activity.start();
+        assert!(!woken(&activity));
+        drop(third);
+        match activity.look() {
+            Seen::Idle { since, served } => {
+                assert!(served);
+                assert!(since >= ended, "idle since the last request ended");
+                assert!(since <= Instant::now());
+            }
+            Seen::Busy => panic!("nothing is in flight"),
+        }
+        // Seen idle: the next request wakes it again.
+        let fourth = activity.start();
+        assert!(woken(&activity));
+        drop(fourth);
     }
 }
