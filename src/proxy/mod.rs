@@ -1,10 +1,11 @@
 //! Upstream routes: requests forwarded to HTTP services (`[upstream.NAME]`, a route's
 //! `upstream = "NAME"`), so one gateway fronts components and existing services alike.
 //!
-//! Every upstream has one pooled hyper-util client (keep-alive, HTTP/1.1 to `http://`
-//! targets or HTTP/2 with `h2c`, HTTP/1.1 or h2 by ALPN to `https://` targets over rustls with
-//! the public roots, the machine's and the upstream's own CA; its connections counted by
-//! `counted`). Bodies stream both ways; nothing is buffered. An upstream route
+//! Every upstream keeps its connections open between requests: HTTP/1.1 to `http://` targets on
+//! the gateway's own pool (`pool`, no task per request), and on a pooled hyper-util client
+//! HTTP/2 with `h2c`, HTTP/1.1 or h2 by ALPN to `https://` targets over rustls with the public
+//! roots, the machine's and the upstream's own CA, and protocol switches; its connections
+//! counted by `counted`. Bodies stream both ways; nothing is buffered. An upstream route
 //! goes through the same stages as a component route (guards, the client's identity headers,
 //! admission with the route's `max_concurrency` and queue, metrics, the access log); its
 //! target stage ([`UpstreamRoute::forward`]):
@@ -34,6 +35,7 @@
 
 mod counted;
 pub mod headers;
+mod pool;
 mod tunnel;
 
 use crate::body::{BoxError, ResponseBody};
@@ -84,6 +86,9 @@ pub struct Upstream {
     ca_pem: Option<Vec<u8>>,
     targets: Vec<UpstreamTarget>,
     client: Client<HttpsConnector<counted::CountingConnector>, ProxyBody>,
+    /// Connects to `http://` targets for [`pool`], which serves them over HTTP/1.1 (none with
+    /// `h2c`: those go through `client`).
+    http1: Option<counted::CountingConnector>,
     /// HTTP/1.1 only: for requests that ask to switch protocols.
     upgrade_client: Client<HttpsConnector<counted::CountingConnector>, ProxyBody>,
     /// How long a tunnel may carry nothing either way before it is closed.
@@ -104,6 +109,10 @@ pub struct Upstream {
 struct UpstreamTarget {
     scheme: Scheme,
     authority: Authority,
+    /// `scheme://authority`, where [`pool`] connects.
+    address: Uri,
+    /// Its idle keep-alive connections ([`pool`], `http://` targets).
+    idle: Arc<pool::IdleConnections>,
     /// `http://10.0.0.5:8000`, the `target` label.
     label: Arc<str>,
     /// The target's own seed for rendezvous hashing (a hash of its label).
@@ -148,6 +157,15 @@ impl Upstream {
             let duration = metrics.upstream_duration(name, &label);
             healthy.set(1);
             targets.push(UpstreamTarget {
+                address: Uri::from_parts({
+                    let mut parts = http::uri::Parts::default();
+                    parts.scheme = Some(scheme.clone());
+                    parts.authority = Some(authority.clone());
+                    parts.path_and_query = Some(PathAndQuery::from_static("/"));
+                    parts
+                })
+                .with_context(|| format!("target `{text}`"))?,
+                idle: Arc::default(),
                 scheme,
                 host: HeaderValue::from_str(authority.as_str()).ok(),
                 authority,
@@ -219,6 +237,7 @@ impl Upstream {
             ca_pem,
             targets,
             client,
+            http1: (!config.h2c).then_some(http),
             upgrade_client,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
             balance: config.balance,
@@ -444,7 +463,7 @@ pub struct UpstreamRoute {
 
 /// How one try ended, before deciding on a retry.
 enum Tried {
-    Answered(Response<hyper::body::Incoming>),
+    Answered(Response<pool::PooledBody>),
     Failed(UpstreamFailure, Option<RetryOn>),
 }
 
@@ -547,18 +566,33 @@ impl UpstreamRoute {
             } else {
                 parts.headers.clone()
             };
-            *outgoing.uri_mut() = match Uri::builder()
-                .scheme(target.scheme.clone())
-                .authority(target.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-            {
-                Ok(uri) => uri,
-                Err(_) => return Err(Failure::BadRequest("the path cannot be forwarded".into())),
+            // Plain HTTP/1.1 goes on the gateway's own pool, in origin form; the rest on
+            // hyper-util's client, which takes the target from the URI.
+            let pooled = match (&upstream.http1, client_side.is_some()) {
+                (Some(connector), false) if target.scheme == Scheme::HTTP => Some(connector),
+                _ => None,
+            };
+            *outgoing.uri_mut() = match pooled {
+                Some(_) => Uri::from(path_and_query.clone()),
+                None => match Uri::builder()
+                    .scheme(target.scheme.clone())
+                    .authority(target.authority.clone())
+                    .path_and_query(path_and_query.clone())
+                    .build()
+                {
+                    Ok(uri) => uri,
+                    Err(_) => {
+                        return Err(Failure::BadRequest("the path cannot be forwarded".into()));
+                    }
+                },
             };
             let host = match upstream.host_header {
                 HostHeader::Target => target.host.clone(),
-                HostHeader::Client => client_host.clone(),
+                // HTTP/1.0 without a `Host`: the pool sends the target's, as hyper-util's
+                // client does.
+                HostHeader::Client => client_host
+                    .clone()
+                    .or_else(|| pooled.and(target.host.clone())),
             };
             if let Some(host) = host {
                 outgoing.headers_mut().insert(http::header::HOST, host);
@@ -568,17 +602,34 @@ impl UpstreamRoute {
             let sent = {
                 // Counted for `least_request` until the headers are in, or the client is gone.
                 let _in_flight = InFlight::count(&target.in_flight);
-                let client = match client_side {
-                    Some(_) => &upstream.upgrade_client,
-                    None => &upstream.client,
+                let sending = async {
+                    if let Some(connector) = pooled {
+                        return pool::send(connector, &target.idle, &target.address, outgoing)
+                            .await
+                            .map_err(|error| {
+                                let connect = matches!(error, pool::SendFailure::Connect(_));
+                                (BoxError::from(error), connect)
+                            });
+                    }
+                    let client = match client_side {
+                        Some(_) => &upstream.upgrade_client,
+                        None => &upstream.client,
+                    };
+                    match client.request(outgoing).await {
+                        Ok(response) => Ok(response.map(pool::PooledBody::unpooled)),
+                        Err(error) => {
+                            let connect = error.is_connect();
+                            Err((BoxError::from(error), connect))
+                        }
+                    }
                 };
-                tokio::time::timeout(upstream.timeout, client.request(outgoing)).await
+                tokio::time::timeout(upstream.timeout, sending).await
             };
             let tried_now = match sent {
                 Err(_) => Tried::Failed(UpstreamFailure::TimedOut, Some(RetryOn::Timeout)),
-                Ok(Err(error)) => {
+                Ok(Err((error, connect))) => {
                     tracing::debug!(upstream = %upstream.name, target = %target.label, request_id, error = %error, "upstream request failed");
-                    let retry = error.is_connect().then_some(RetryOn::ConnectFailure);
+                    let retry = connect.then_some(RetryOn::ConnectFailure);
                     Tried::Failed(UpstreamFailure::Unreachable, retry)
                 }
                 Ok(Ok(response)) => Tried::Answered(response),
@@ -672,7 +723,7 @@ fn is_idempotent(method: &Method) -> bool {
 /// A target's response on its way to the client: hop-by-hop headers removed, and the route's
 /// admission permit held by the body until it is sent or dropped.
 fn pass_on(
-    response: Response<hyper::body::Incoming>,
+    response: Response<pool::PooledBody>,
     permit: crate::runtime::admission::Permit,
 ) -> Response<ResponseBody> {
     let (mut parts, incoming) = response.into_parts();
