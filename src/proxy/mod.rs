@@ -268,6 +268,29 @@ impl Upstream {
         Self::read_ca(config, resolve) == self.ca_pem
     }
 
+    /// Starts the sweep of the upstream's idle connections ([`pool::IdleConnections::sweep`]):
+    /// every [`pool::SWEEP_EVERY`], holding the upstream only while it sweeps, so it ends once
+    /// the generation is gone.
+    pub fn watch_idle(self: &Arc<Self>) {
+        let (Some(_), Ok(runtime)) = (&self.http1, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let upstream = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(pool::SWEEP_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(upstream) = upstream.upgrade() else {
+                    return;
+                };
+                for target in &upstream.targets {
+                    target.idle.sweep();
+                }
+            }
+        });
+    }
+
     /// Starts the active health checks, if the upstream has them, on the current tokio
     /// runtime (none under `wasmgate check`, which serves nothing). The task holds the upstream
     /// only while it checks, so it ends once the generation is gone.

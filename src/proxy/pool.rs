@@ -11,14 +11,16 @@
 //!
 //! A connection is taken from its target's idle list ([`IdleConnections`]), the most recently
 //! used first, and goes back from the response body once the body has ended and the connection
-//! may take the next request. Idle, nobody polls it: a connection is looked at once when taken,
-//! so one that its target closed meanwhile is found closed and dropped, and a request that a
+//! may take the next request. Idle, nobody polls it: a connection is looked at when taken, so
+//! one that its target closed meanwhile is found closed and dropped, and a request that a
 //! connection could not send (closed under it before the request went out) goes to the next
-//! one, or a new one. A connection whose response body did not end (the client went away
-//! mid-body) is dropped, which closes it; one idle past [`IDLE_TIMEOUT`] is dropped when the
-//! list is next used. A connection that is not yet ready for the next request when its body
-//! ends (rare: the last bytes of the request body still going out) is driven that far by a
-//! task of its own.
+//! one, or a new one. The upstream's sweep ([`IdleConnections::sweep`], every
+//! [`SWEEP_EVERY`]) looks at the idle ones too, and drops those their target closed and those
+//! idle past [`IDLE_TIMEOUT`], so a quiet target's closed sockets do not linger. A connection
+//! whose response body did not end (the client went away mid-body) is dropped, which closes
+//! it. One that is not yet ready for the next request when its body ends (rare: the last bytes
+//! of the request body still going out) is driven that far by a task of its own, for at most
+//! [`READY_WITHIN`].
 //!
 //! TLS targets, HTTP/2 (`h2c`) and protocol switches (WebSocket) stay on hyper-util's client.
 
@@ -32,13 +34,20 @@ use hyper::client::conn::http1::{Connection, SendRequest};
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tower::Service as _;
 
 /// How long a connection may idle in the pool before it is dropped (as hyper-util's client
 /// here).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often idle connections are looked at ([`IdleConnections::sweep`]).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a connection whose response body has ended may take to be ready for the next
+/// request (the rest of a request body still going out) before it is closed instead.
+const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Why a request got no response from its target.
 #[derive(Debug, thiserror::Error)]
@@ -55,23 +64,31 @@ pub enum SendFailure {
 /// anything to move.
 struct Live {
     sender: SendRequest<ProxyBody>,
-    connection: Pin<Box<Connection<Counted, ProxyBody>>>,
-    /// The connection future has finished (closed or failed): it must not be polled again.
-    ended: bool,
+    /// None once the connection has ended (closed or failed). It is dropped then: a request
+    /// queued on it comes back unsent ([`send`] tries the next connection) rather than waiting
+    /// on a connection that will never take it.
+    connection: Option<Pin<Box<Connection<Counted, ProxyBody>>>>,
 }
 
 impl Live {
+    fn new(sender: SendRequest<ProxyBody>, connection: Connection<Counted, ProxyBody>) -> Live {
+        Live {
+            sender,
+            connection: Some(Box::pin(connection)),
+        }
+    }
+
     /// Lets the connection read and write what it can; whether it is still open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.ended
-            && let Poll::Ready(ended) = self.connection.as_mut().poll(cx)
+        if let Some(connection) = &mut self.connection
+            && let Poll::Ready(ended) = connection.as_mut().poll(cx)
         {
-            self.ended = true;
+            self.connection = None;
             if let Err(error) = ended {
                 tracing::debug!(error = %error, "upstream connection ended with an error");
             }
         }
-        !self.ended
+        self.connection.is_some()
     }
 }
 
@@ -91,6 +108,17 @@ impl IdleConnections {
         let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         Self::prune(&mut idle);
         idle.push((live, Instant::now()));
+    }
+
+    /// Drops the idle connections that their target has closed, or that have idled past
+    /// [`IDLE_TIMEOUT`]. Nobody polls an idle connection, so without this one closed by its
+    /// target would keep its socket (and its place in the open-connections gauge) until the
+    /// target's next request, which may never come.
+    pub fn sweep(&self) {
+        let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::prune(&mut idle);
+        let mut cx = Context::from_waker(Waker::noop());
+        idle.retain_mut(|(live, _)| live.drive(&mut cx));
     }
 
     /// Drops the connections idle past [`IDLE_TIMEOUT`] (the oldest are first).
@@ -143,11 +171,7 @@ pub async fn send(
     let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|error| SendFailure::Connect(error.into()))?;
-    let mut live = Live {
-        sender,
-        connection: Box::pin(connection),
-        ended: false,
-    };
+    let mut live = Live::new(sender, connection);
     match exchange(&mut live, request).await {
         Ok(response) => Ok(PooledBody::wrap(response, live, idle)),
         Err(failed) => Err(SendFailure::Send(failed.into_error())),
@@ -203,7 +227,7 @@ impl PooledBody {
         };
         let open = match cx {
             Some(cx) => live.drive(cx),
-            None => !live.ended,
+            None => live.connection.is_some(),
         };
         if !open {
             return;
@@ -212,15 +236,17 @@ impl PooledBody {
             idle.put(live);
             return;
         }
-        tokio::spawn(async move {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             let ready = poll_fn(|cx| {
                 if !live.drive(cx) {
                     return Poll::Ready(false);
                 }
                 live.sender.poll_ready(cx).map(|ready| ready.is_ok())
-            })
-            .await;
-            if ready {
+            });
+            if let Ok(true) = tokio::time::timeout(READY_WITHIN, ready).await {
                 idle.put(live);
             }
         });
@@ -257,7 +283,10 @@ impl Body for PooledBody {
         }
         match &polled {
             Poll::Ready(None) => this.give_back(Some(cx)),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(Some(cx)),
+            // Trailers are a body's last frame; a chunked body never says it has ended.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.inner.is_end_stream() => {
+                this.give_back(Some(cx))
+            }
             Poll::Ready(Some(Err(_))) => this.live = None,
             Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
@@ -385,16 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_its_target_closed_while_idle_is_not_used() {
-        // Answers one request per connection with keep-alive, then closes it unannounced.
-        let (address, accepted) = counting_server(|mut stream| async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buffer = [0u8; 4096];
-            let _ = stream.read(&mut buffer).await;
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-                .await;
-        })
-        .await;
+        let (address, accepted) = counting_server(answer_once_then_close).await;
         let (connector, idle, uri) = pool_for(address);
         for _ in 0..3 {
             fetch_hello(&connector, &idle, &uri, address).await;
@@ -402,5 +422,77 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_idle_connections_their_target_closed() {
+        let (address, _) = counting_server(|mut stream| async move {
+            answer_once(&mut stream).await;
+            // Closed once the connection is back in the idle list.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+        let open = prometheus::IntGauge::new("open", "open").unwrap();
+        let counts = crate::proxy::counted::TargetConnections {
+            authority: address.to_string().parse().unwrap(),
+            open: open.clone(),
+            opened: prometheus::IntCounter::new("opened", "opened").unwrap(),
+        };
+        let connector = CountingConnector::new(HttpConnector::new(), vec![counts]);
+        let idle = Arc::new(IdleConnections::default());
+        let uri: Uri = format!("http://{address}").parse().unwrap();
+        fetch_hello(&connector, &idle, &uri, address).await;
+        assert_eq!((idle.len(), open.get()), (1, 1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Closed by the target, but nobody has looked: still counted open.
+        assert_eq!((idle.len(), open.get()), (1, 1));
+        idle.sweep();
+        assert_eq!((idle.len(), open.get()), (0, 0));
+    }
+
+    /// Answers one request with keep-alive, then closes the connection unannounced.
+    async fn answer_once_then_close(mut stream: tokio::net::TcpStream) {
+        answer_once(&mut stream).await;
+    }
+
+    /// Answers one request with keep-alive.
+    async fn answer_once(stream: &mut tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = [0u8; 4096];
+        let _ = stream.read(&mut buffer).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_right_after_its_trailers_gives_its_connection_back() {
+        let (address, accepted) = counting_server(|mut stream| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buffer = [0u8; 4096];
+            while let Ok(1..) = stream.read(&mut buffer).await {
+                let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                    5\r\nhello\r\n0\r\nx-check: 1\r\n\r\n";
+                if stream.write_all(chunked).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let (connector, idle, uri) = pool_for(address);
+        for _ in 0..2 {
+            let response = send(&connector, &idle, &uri, request(address))
+                .await
+                .unwrap();
+            let mut body = response.into_body();
+            let data = body.frame().await.unwrap().unwrap();
+            assert_eq!(data.into_data().unwrap(), "hello");
+            let trailers = body.frame().await.unwrap().unwrap();
+            assert!(trailers.is_trailers());
+            // As hyper's server does: the trailers were the last frame; the body is dropped.
+            drop(body);
+            assert_eq!(idle.len(), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }

@@ -289,6 +289,7 @@ fn load_routes(
                     .with_context(|| format!("[upstream.{name}]"))?;
                 let built = Arc::new(built);
                 built.watch_health();
+                built.watch_idle();
                 built
             }
         };
