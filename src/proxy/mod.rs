@@ -628,11 +628,7 @@ impl UpstreamRoute {
                 let sending = async {
                     if let Some(connector) = pooled {
                         return pool::send(connector, &target.idle, &target.address, outgoing)
-                            .await
-                            .map_err(|error| {
-                                let connect = matches!(error, pool::SendFailure::Connect(_));
-                                (BoxError::from(error), connect)
-                            });
+                            .await;
                     }
                     let client = match client_side {
                         Some(_) => &upstream.upgrade_client,
@@ -640,19 +636,20 @@ impl UpstreamRoute {
                     };
                     match client.request(outgoing).await {
                         Ok(response) => Ok(response.map(pool::PooledBody::unpooled)),
-                        Err(error) => {
-                            let connect = error.is_connect();
-                            Err((BoxError::from(error), connect))
+                        Err(error) if error.is_connect() => {
+                            Err(pool::SendFailure::Connect(error.into()))
                         }
+                        Err(error) => Err(pool::SendFailure::Send(error.into())),
                     }
                 };
                 tokio::time::timeout(upstream.timeout, sending).await
             };
             let tried_now = match sent {
                 Err(_) => Tried::Failed(UpstreamFailure::TimedOut, Some(RetryOn::Timeout)),
-                Ok(Err((error, connect))) => {
+                Ok(Err(error)) => {
                     tracing::debug!(upstream = %upstream.name, target = %target.label, request_id, error = %error, "upstream request failed");
-                    let retry = connect.then_some(RetryOn::ConnectFailure);
+                    let retry = matches!(error, pool::SendFailure::Connect(_))
+                        .then_some(RetryOn::ConnectFailure);
                     Tried::Failed(UpstreamFailure::Unreachable, retry)
                 }
                 Ok(Ok(response)) => Tried::Answered(response),

@@ -57,7 +57,7 @@ pub enum SendFailure {
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The connection failed after the request went out, before the response headers.
     #[error("{0}")]
-    Send(#[source] hyper::Error),
+    Send(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// An open connection: what sends on it, and the connection itself, which must be polled for
@@ -159,7 +159,7 @@ pub async fn send(
             Err(mut failed) => match failed.take_message() {
                 // Not sent: the connection closed under it. Try the next.
                 Some(unsent) => request = unsent,
-                None => return Err(SendFailure::Send(failed.into_error())),
+                None => return Err(SendFailure::Send(failed.into_error().into())),
             },
         }
     }
@@ -174,7 +174,7 @@ pub async fn send(
     let mut live = Live::new(sender, connection);
     match exchange(&mut live, request).await {
         Ok(response) => Ok(PooledBody::wrap(response, live, idle)),
-        Err(failed) => Err(SendFailure::Send(failed.into_error())),
+        Err(failed) => Err(SendFailure::Send(failed.into_error().into())),
     }
 }
 
