@@ -12,7 +12,9 @@
 //! `header_read_timeout` while it waits for the next request's headers). It is also the first to
 //! go when the listener is full: a new client asks for room ([`Room`]) and the connection that
 //! has been idle longest closes, so sockets that send nothing cannot lock clients out however
-//! many there are. A busy connection is never evicted.
+//! many there are. A busy connection is never evicted. (Idle connections queue for eviction in
+//! the order their tasks saw them idle, which for one that was busy is up to [`STALL_CHECK`]
+//! after its last response: see [`drive`].)
 //!
 //! Closing is graceful first (HTTP/2 GOAWAY, HTTP/1.1 closes after the current response) and
 //! forced [`FORCE_CLOSE_AFTER`] later. A peer that does not take what it is sent fails the
