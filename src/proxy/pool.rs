@@ -26,6 +26,7 @@
 
 use super::ProxyBody;
 use super::counted::{Counted, CountingConnector};
+use crate::body::BoxError;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -54,10 +55,10 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 pub enum SendFailure {
     /// No connection could be opened (refused, unreachable, past `connect_timeout`).
     #[error("cannot connect: {0}")]
-    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Connect(#[source] BoxError),
     /// The connection failed after the request went out, before the response headers.
     #[error("{0}")]
-    Send(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Send(#[source] BoxError),
 }
 
 /// An open connection: what sends on it, and the connection itself, which must be polled for
