@@ -352,7 +352,7 @@ pub enum Ending<T> {
 /// deadline or its next request's start; while busy, for [`STALL_CHECK`] at a time, looking
 /// for stalled responses. Requests that come and go meanwhile cost it nothing.
 pub async fn drive(
-    mut connection: Pin<Box<dyn Serving>>,
+    connection: &mut Pin<Box<dyn Serving>>,
     activity: Arc<Activity>,
     limits: IdleLimits,
     room: &Room,

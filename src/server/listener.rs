@@ -11,6 +11,7 @@
 use super::connection::{
     self, Activity, CloseReason, Ending, IdleLimits, InFlightBody, Room, SendTimeout, Serving,
 };
+use super::linger::{self, Lingering};
 use super::proxy_protocol::{self, ProxyHeaderError};
 use crate::config::{ListenerConfig, redirect_target};
 use crate::connection_info::{ConnectionInfo, Redirect, Scheme};
@@ -93,6 +94,8 @@ pub struct Connections {
     pub room: Room,
     pub idle: IdleLimits,
     pub send_timeout: Duration,
+    /// Room for the sockets that linger after their connection ended.
+    pub lingering: linger::Budget,
     /// `[server] send_buffer`: `SO_SNDBUF` of each connection, 0 for the kernel's default.
     pub send_buffer: usize,
     /// Turns true when the gateway shuts down. Every connection task holds a receiver, so the
@@ -154,10 +157,14 @@ pub async fn accept_loop(
     }
 }
 
+/// An accepted socket: it lingers when the gateway closes it ([`linger`]), and its writes are
+/// bounded by `send_timeout`.
+type Socket = Lingering<SendTimeout<TcpStream>>;
+
 /// A connection once established, before hyper serves it.
 enum Io {
-    Plain(SendTimeout<TcpStream>),
-    Tls(Box<tokio_rustls::server::TlsStream<SendTimeout<TcpStream>>>),
+    Plain(Socket),
+    Tls(Box<tokio_rustls::server::TlsStream<Socket>>),
 }
 
 /// Why a connection was not established.
@@ -172,7 +179,11 @@ enum NotEstablished {
 /// Establishes and serves one connection to its end.
 async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: &Connections) {
     let mut shutdown = all.shutdown.clone();
-    let io = SendTimeout::new(stream, all.send_timeout);
+    let io = Lingering::new(
+        SendTimeout::new(stream, all.send_timeout),
+        all.lingering.clone(),
+    );
+    let linger = io.switch();
     let established = tokio::select! {
         result = tokio::time::timeout(all.idle.first_request, establish(io, peer, setup, &all.gateway)) => result,
         // Idle until established: the first to make room for a new client.
@@ -180,7 +191,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
         _ = shutdown.changed() => return,
     };
     let (io, info) = match established {
-        Ok(Ok(established)) => established,
+        Ok(Ok(established)) => {
+            linger.arm();
+            established
+        }
         Ok(Err(failure)) => {
             if let NotEstablished::Tls(reason) = &failure {
                 all.metrics.tls_handshake_failed(*reason);
@@ -213,7 +227,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
             }
         })
     };
-    let connection: Pin<Box<dyn Serving>> = match io {
+    let mut connection: Pin<Box<dyn Serving>> = match io {
         Io::Plain(io) => Box::pin(
             all.builders
                 .auto
@@ -234,7 +248,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
         }
     };
     let (ending, closed) =
-        connection::drive(connection, activity, all.idle, &all.room, shutdown).await;
+        connection::drive(&mut connection, activity, all.idle, &all.room, shutdown).await;
+    if let Ending::Dropped = ending {
+        // Cut off, not closed: the client must see a reset, not an orderly end.
+        linger.abort();
+    }
+    drop(connection);
     let closed = closed.map(CloseReason::as_str);
     match ending {
         Ending::Finished(Ok(())) => {}
@@ -249,7 +268,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
 
 /// The PROXY header, then the TLS handshake, as the listener asks.
 async fn establish(
-    mut io: SendTimeout<TcpStream>,
+    mut io: Socket,
     peer: SocketAddr,
     setup: &ListenerSetup,
     gateway: &Gateway,

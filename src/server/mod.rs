@@ -10,6 +10,8 @@
 //! wait in the kernel's backlog.
 //!
 //! Each connection's life, and the limits on idle, silent and slow peers, are in [`connection`].
+//! A connection the gateway ends while the client may still be sending lingers ([`linger`]), so
+//! an early answer such as a 413 reaches the client instead of being lost to a TCP reset.
 //!
 //! On SIGTERM or SIGINT: `/readyz` starts failing at once, the listeners keep accepting for
 //! `shutdown_delay` and then close, open connections finish their in-flight requests (HTTP/1.1
@@ -17,6 +19,7 @@
 //! process exits 0. SIGHUP reloads the config (`crate::reload`).
 
 pub mod connection;
+pub mod linger;
 pub mod listener;
 pub mod proxy_protocol;
 
@@ -203,6 +206,7 @@ async fn serve_connections(
         },
         send_timeout: limits.send_timeout,
         send_buffer: usize::try_from(limits.send_buffer).unwrap_or(usize::MAX),
+        lingering: linger::Budget::new(limits.max_connections),
         shutdown: shutdown_rx,
     });
     let (stop_accepting, stopped) = watch::channel(false);
