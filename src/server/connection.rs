@@ -596,6 +596,76 @@ mod tests {
         activity.changed.notified().now_or_never().is_some()
     }
 
+    /// A connection that serves nothing and ends as soon as it is asked to close.
+    #[derive(Default)]
+    struct Closable {
+        asked: bool,
+        waker: Option<std::task::Waker>,
+    }
+
+    impl Future for Closable {
+        type Output = Result<(), BoxError>;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if self.asked {
+                return Poll::Ready(Ok(()));
+            }
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    impl Serving for Closable {
+        fn close_gracefully(mut self: Pin<&mut Self>) {
+            self.asked = true;
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A queued first, B second; then A serves a request, and a new client asks for room
+    /// before A's task has looked again. A has not been idle all that time, so it passes the
+    /// request on, and B, idle longest, closes.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_busy_since_it_queued_passes_the_eviction_on() {
+        let room = Arc::new(Room::default());
+        let limits = IdleLimits {
+            first_request: Duration::from_secs(60),
+            between_requests: Duration::from_secs(60),
+        };
+        let (_shutdown, shutdown) = tokio::sync::watch::channel(false);
+        let serve = |activity: Arc<Activity>| {
+            let room = room.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut connection: Pin<Box<dyn Serving>> = Box::pin(Closable::default());
+                drive(&mut connection, activity, limits, &room, shutdown)
+                    .await
+                    .1
+            })
+        };
+        let a = Arc::new(Activity::new(Duration::from_secs(30)));
+        let b = Arc::new(Activity::new(Duration::from_secs(30)));
+        drop(a.start());
+        let a_task = serve(a.clone());
+        settle().await;
+        drop(b.start());
+        let b_task = serve(b.clone());
+        settle().await;
+        drop(a.start());
+        room.ask();
+        assert_eq!(b_task.await.unwrap(), Some(CloseReason::Room));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!a_task.is_finished(), "A served a request after B's last");
+    }
+
     #[test]
     fn a_request_wakes_the_task_only_on_a_connection_it_last_saw_idle() {
         let activity = Arc::new(Activity::new(Duration::from_secs(30)));
