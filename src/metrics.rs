@@ -55,6 +55,8 @@ pub struct Metrics {
     tls_certificate_reloads: IntCounterVec,
     tls_certificate_expiry: IntGaugeVec,
     tls_handshake_failures: IntCounterVec,
+    connections_open: IntGaugeVec,
+    connections_closed: IntCounterVec,
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_healthy: IntGaugeVec,
@@ -69,6 +71,8 @@ pub struct Metrics {
     pub config_last_success: prometheus::Gauge,
     /// Instance pools the process has: `[engine]`'s and one per distinct route `pool` tuning.
     pub instance_pools: IntGauge,
+    /// Sockets lingering after the gateway closed their connection (`crate::server::linger`).
+    pub connections_lingering: IntGauge,
 }
 
 impl Metrics {
@@ -207,6 +211,16 @@ impl Metrics {
                 "TLS handshakes that failed, by reason.",
                 &["reason"],
             ),
+            connections_open: gauge(
+                "wasmgate_connections_open",
+                "Client connections open, by listener, those still being established (PROXY header, TLS handshake) included.",
+                &["listener"],
+            ),
+            connections_closed: counter(
+                "wasmgate_connections_closed_total",
+                "Client connections closed, by listener and reason: finished (the client closed, or HTTP ended it), error (a protocol or socket error, send_timeout included), not_established (the PROXY header or TLS handshake failed or timed out), idle, room (evicted for a new client at max_connections), stalled (a response the client stopped taking), shutdown.",
+                &["listener", "reason"],
+            ),
             upstream_requests: counter(
                 "wasmgate_upstream_requests_total",
                 "Requests sent to upstream targets, by upstream, target and status (the response's, or timeout, error).",
@@ -272,6 +286,14 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
+            connections_lingering: registered(
+                &registry,
+                IntGauge::new(
+                    "wasmgate_connections_lingering",
+                    "Sockets draining after the gateway closed their connection, so the client reads the whole answer (lingering close); at most max_connections.",
+                )
+                .expect("static metric definition"),
+            ),
             registry: registry.clone(),
         };
         let build_info = gauge(
@@ -321,6 +343,19 @@ impl Metrics {
     pub fn tls_handshake_failed(&self, reason: crate::tls::HandshakeFailure) {
         self.tls_handshake_failures
             .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// The open-connections gauge of one listener.
+    pub fn connections_open(&self, listener: &str) -> IntGauge {
+        self.connections_open.with_label_values(&[listener])
+    }
+
+    /// Counts a client connection of `listener` closed, and why (see
+    /// `wasmgate_connections_closed_total`).
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        self.connections_closed
+            .with_label_values(&[listener, reason])
             .inc();
     }
 

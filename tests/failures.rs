@@ -368,13 +368,21 @@ fn a_client_still_uploading_reads_the_whole_answer_that_ignored_its_upload() {
             b"POST /short-queue?chunks=20000&delay_ms=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n",
         )
         .unwrap();
-    // The upload goes on as long as the gateway takes it.
+    // The upload goes on as long as the gateway takes it, then trickles until told to stop.
     let mut upload = stream.try_clone().unwrap();
-    let uploading = std::thread::spawn(move || {
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..10_000_000 / chunk.len() {
-            if upload.write_all(&chunk).is_err() {
-                break;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let uploading = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..10_000_000 / chunk.len() {
+                if upload.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && upload.write_all(b"x").is_ok()
+            {
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     });
@@ -398,8 +406,30 @@ fn a_client_still_uploading_reads_the_whole_answer_that_ignored_its_upload() {
         text.contains("chunk 19999\n") && text.ends_with("0\r\n\r\n"),
         "the whole answer: {tail:?}"
     );
+    // The socket lingers, counted, while the client still sends; then it is gone.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let lingering = |metrics: &str| metric_value(metrics, "wasmgate_connections_lingering", &[]);
+    let metrics = runtime.block_on(gw.metrics());
+    assert_eq!(lingering(&metrics), Some(1.0), "{metrics}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     uploading.join().unwrap();
+    let listener = gw.listeners[0].0.as_str();
+    let mut waited = Duration::ZERO;
+    loop {
+        let metrics = runtime.block_on(gw.metrics());
+        let closed = metric_value(
+            &metrics,
+            "wasmgate_connections_closed_total",
+            &[("listener", listener), ("reason", "finished")],
+        );
+        if lingering(&metrics) == Some(0.0) && closed == Some(1.0) {
+            break;
+        }
+        assert!(waited < Duration::from_secs(10), "{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+        waited += Duration::from_millis(50);
+    }
 }
 
 #[tokio::test]

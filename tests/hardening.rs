@@ -268,6 +268,21 @@ async fn silent_and_half_open_connections_cannot_lock_clients_out() {
         (StatusCode::OK, "Hello, patient!\n")
     );
     assert!(started.elapsed() < Duration::from_secs(4));
+    // The evictions are counted, and the listener never held more than max_connections.
+    let metrics = gw.metrics().await;
+    let listener = gw.listeners[0].0.as_str();
+    let evicted = metric_value(
+        &metrics,
+        "wasmgate_connections_closed_total",
+        &[("listener", listener), ("reason", "room")],
+    );
+    assert!(evicted >= Some(5.0), "{metrics}");
+    let open = metric_value(
+        &metrics,
+        "wasmgate_connections_open",
+        &[("listener", listener)],
+    );
+    assert!(open <= Some(4.0), "{metrics}");
     drop(abusers);
 }
 
@@ -305,6 +320,26 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
         idled >= Duration::from_millis(900) && idled < Duration::from_secs(5),
         "closed after {idled:?}"
     );
+    let listener = gw.listeners[0].0.as_str();
+    let started = Instant::now();
+    loop {
+        let metrics = gw.metrics().await;
+        let idle = metric_value(
+            &metrics,
+            "wasmgate_connections_closed_total",
+            &[("listener", listener), ("reason", "idle")],
+        );
+        let open = metric_value(
+            &metrics,
+            "wasmgate_connections_open",
+            &[("listener", listener)],
+        );
+        if idle == Some(1.0) && open == Some(0.0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@
 //! A lingering task ends with the process: connections closed by a shutdown linger only until
 //! the process exits.
 
+use prometheus::IntGauge;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,13 +50,43 @@ pub const AT_MOST: Duration = Duration::from_secs(5);
 /// What each lingering read takes (and throws away) at a time.
 const DISCARD_BUFFER: usize = 4096;
 
-/// How many sockets may linger at once, shared by every listener.
+/// How many sockets may linger at once, shared by every listener, and the gauge that shows
+/// how many do (`wasmgate_connections_lingering`).
 #[derive(Clone)]
-pub struct Budget(Arc<Semaphore>);
+pub struct Budget {
+    room: Arc<Semaphore>,
+    lingering: IntGauge,
+}
 
 impl Budget {
-    pub fn new(sockets: usize) -> Budget {
-        Budget(Arc::new(Semaphore::new(sockets)))
+    pub fn new(sockets: usize, lingering: IntGauge) -> Budget {
+        Budget {
+            room: Arc::new(Semaphore::new(sockets)),
+            lingering,
+        }
+    }
+
+    /// A place for one more lingering socket, counted until it is dropped; none if the budget
+    /// is spent.
+    fn take(&self) -> Option<Place> {
+        let permit = self.room.clone().try_acquire_owned().ok()?;
+        self.lingering.inc();
+        Some(Place {
+            _permit: permit,
+            lingering: self.lingering.clone(),
+        })
+    }
+}
+
+/// One lingering socket's share of the [`Budget`].
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    lingering: IntGauge,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.lingering.dec();
     }
 }
 
@@ -144,20 +175,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<T> {
         if self.peer != Peer::Open || !self.switch.armed() {
             return;
         }
-        let (Some(io), Ok(permit)) = (self.io.take(), self.budget.0.clone().try_acquire_owned())
-        else {
+        let (Some(io), Some(place)) = (self.io.take(), self.budget.take()) else {
             return;
         };
         // Outside a runtime (or while it shuts down) the socket just closes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(linger(io, permit));
+            runtime.spawn(linger(io, place));
         }
     }
 }
 
 /// Shuts down the sending side, then reads and discards until the client closes, goes quiet
 /// for [`QUIET`], or [`AT_MOST`] has passed; dropping the socket then closes it.
-async fn linger<T: AsyncRead + AsyncWrite + Unpin>(mut io: T, _room: OwnedSemaphorePermit) {
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(mut io: T, _place: Place) {
     if io.shutdown().await.is_err() {
         return;
     }
@@ -242,7 +272,10 @@ mod tests {
         socket2::SockRef::from(&server)
             .set_send_buffer_size(1 << 20)
             .unwrap();
-        let server = Lingering::new(server, Budget::new(1));
+        let server = Lingering::new(
+            server,
+            Budget::new(1, IntGauge::new("lingering", "-").unwrap()),
+        );
         server.switch().arm();
         (server, client)
     }
@@ -268,8 +301,11 @@ mod tests {
     #[tokio::test]
     async fn a_close_with_unread_bytes_lets_the_client_read_the_whole_answer() {
         let (server, client) = pair().await;
+        let lingering = server.budget.lingering.clone();
         let read = answer_and_close(server, client).await;
         assert_eq!(read.expect("an orderly end, no reset"), 256 * 1024);
+        // Counted while it lingers (the client has not closed yet).
+        assert_eq!(lingering.get(), 1);
     }
 
     #[tokio::test]
@@ -289,7 +325,7 @@ mod tests {
     #[tokio::test]
     async fn with_no_budget_left_a_socket_closes_at_once() {
         let (server, client) = pair().await;
-        let _taken = server.budget.0.clone().try_acquire_owned().unwrap();
+        let _taken = server.budget.take().unwrap();
         let read = answer_and_close(server, client).await;
         assert!(read.is_err(), "reset, not lingered: {read:?}");
     }

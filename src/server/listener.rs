@@ -117,6 +117,7 @@ pub async fn accept_loop(
     connections: Arc<Connections>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let open = connections.metrics.connections_open(&listener.setup.name);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => break,
@@ -150,9 +151,15 @@ pub async fn accept_loop(
         }
         let setup = listener.setup.clone();
         let connections = connections.clone();
+        let open = open.clone();
+        open.inc();
         tokio::spawn(async move {
-            serve(stream, peer, &setup, &connections).await;
+            let closed = serve(stream, peer, &setup, &connections).await;
             drop(slot);
+            open.dec();
+            connections
+                .metrics
+                .connection_closed(&setup.name, closed.as_str());
         });
     }
 }
@@ -176,8 +183,37 @@ enum NotEstablished {
     Tls(HandshakeFailure),
 }
 
-/// Establishes and serves one connection to its end.
-async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: &Connections) {
+/// How a connection ended, as `wasmgate_connections_closed_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// The client closed it, or HTTP did (an HTTP/1.1 exchange that ends the connection).
+    Finished,
+    /// A protocol or socket error, `send_timeout` included.
+    Error,
+    /// The PROXY header or the TLS handshake failed or timed out.
+    NotEstablished,
+    /// The gateway asked it to close.
+    Asked(CloseReason),
+}
+
+impl Closed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Closed::Finished => "finished",
+            Closed::Error => "error",
+            Closed::NotEstablished => "not_established",
+            Closed::Asked(reason) => reason.as_str(),
+        }
+    }
+}
+
+/// Establishes and serves one connection to its end; says how it ended.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    setup: &ListenerSetup,
+    all: &Connections,
+) -> Closed {
     let mut shutdown = all.shutdown.clone();
     let io = Lingering::new(
         SendTimeout::new(stream, all.send_timeout),
@@ -187,8 +223,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
     let established = tokio::select! {
         result = tokio::time::timeout(all.idle.first_request, establish(io, peer, setup, &all.gateway)) => result,
         // Idle until established: the first to make room for a new client.
-        _ = all.room.wait() => return,
-        _ = shutdown.changed() => return,
+        _ = all.room.wait() => return Closed::Asked(CloseReason::Room),
+        _ = shutdown.changed() => return Closed::Asked(CloseReason::Shutdown),
     };
     let (io, info) = match established {
         Ok(Ok(established)) => {
@@ -200,14 +236,14 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
                 all.metrics.tls_handshake_failed(*reason);
             }
             tracing::debug!(listener = %setup.name, peer = %peer, error = %failure, "connection not established");
-            return;
+            return Closed::NotEstablished;
         }
         Err(_) => {
             if setup.tls.is_some() {
                 all.metrics.tls_handshake_failed(HandshakeFailure::Timeout);
             }
             tracing::debug!(listener = %setup.name, peer = %peer, "connection not established within header_read_timeout");
-            return;
+            return Closed::NotEstablished;
         }
     };
     let info = Arc::new(info);
@@ -254,16 +290,19 @@ async fn serve(stream: TcpStream, peer: SocketAddr, setup: &ListenerSetup, all: 
         linger.abort();
     }
     drop(connection);
-    let closed = closed.map(CloseReason::as_str);
-    match ending {
-        Ending::Finished(Ok(())) => {}
+    let asked = closed.map(CloseReason::as_str);
+    let by_itself = match ending {
+        Ending::Finished(Ok(())) => Closed::Finished,
         Ending::Finished(Err(e)) => {
-            tracing::debug!(peer = %peer, error = %e, closed, "connection ended with an error")
+            tracing::debug!(peer = %peer, error = %e, closed = asked, "connection ended with an error");
+            Closed::Error
         }
         Ending::Dropped => {
-            tracing::debug!(peer = %peer, closed, "connection did not close in time; dropped")
+            tracing::debug!(peer = %peer, closed = asked, "connection did not close in time; dropped");
+            Closed::Error
         }
-    }
+    };
+    closed.map_or(by_itself, Closed::Asked)
 }
 
 /// The PROXY header, then the TLS handshake, as the listener asks.

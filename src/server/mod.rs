@@ -194,6 +194,10 @@ async fn serve_connections(
     stop: impl Future<Output = ()>,
 ) -> OpenConnections {
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let lingering = linger::Budget::new(
+        limits.max_connections,
+        metrics.connections_lingering.clone(),
+    );
     let connections = Arc::new(Connections {
         gateway,
         metrics,
@@ -206,7 +210,7 @@ async fn serve_connections(
         },
         send_timeout: limits.send_timeout,
         send_buffer: usize::try_from(limits.send_buffer).unwrap_or(usize::MAX),
-        lingering: linger::Budget::new(limits.max_connections),
+        lingering,
         shutdown: shutdown_rx,
     });
     let (stop_accepting, stopped) = watch::channel(false);
