@@ -9,6 +9,7 @@ use common::tls::{CertOptions, Pki, fresh_serial};
 use common::*;
 use http::{Method, Request, StatusCode};
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 
 /// The metric names in a PromQL expression: identifiers that start like ours.
 fn metric_names(expr: &str) -> BTreeSet<String> {
@@ -93,6 +94,12 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
         files = toml_path(&guest("blob-files")),
     );
     let gw = Gateway::start_in(dir, &config);
+    // A connection that the gateway closes, so the closed-connections series exists.
+    let mut closing = std::net::TcpStream::connect(gw.listener("plain")).unwrap();
+    closing
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    closing.read_to_end(&mut Vec::new()).unwrap();
     let client = http1();
     let url = |path: &str| format!("http://{}{path}", gw.listener("plain"));
     assert_eq!(get(&client, &url("/hello")).await.0, StatusCode::OK);
