@@ -212,6 +212,13 @@ async fn sni_picks_the_certificate_alpn_the_protocol_and_the_guest_sees_https() 
     // Plain HTTP on the TLS port fails the handshake, counted by reason.
     let _ = raw_http1(tls, &[], "GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     let metrics = handshake_failures(&gateway, "not_tls").await;
+    // Its connection counts as closed before it was established.
+    wait_for_metric(
+        &gateway,
+        "wasmgate_connections_closed_total",
+        &[("listener", "tls"), ("reason", "not_established")],
+    )
+    .await;
     let expiry = metric_value(
         &metrics,
         "wasmgate_tls_certificate_expiry_timestamp_seconds",
