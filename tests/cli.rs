@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use http::{Request, StatusCode};
+use std::io::Read as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -463,5 +464,86 @@ fn a_bad_override_is_an_error_naming_the_variable() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{name}={value} was accepted");
         assert!(stderr.contains(expected), "{name}={value}: {stderr}");
+    }
+}
+
+/// The gateway raises its soft open-file limit to the hard one, and warns when even that is
+/// below what `max_connections` may need (twice it, for lingering sockets, and 1,024 more).
+#[test]
+fn the_open_file_limit_is_raised_and_a_short_one_is_named() {
+    for (limits, max_connections, short) in [("256:4096", 1000, false), ("256:2048", 10_000, true)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, admin) = (free_port(), free_port());
+        let config = dir.path().join("wasmgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{public}\"\nmax_connections = {max_connections}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
+                one_route(&toml_path(&guest("hello")))
+            ),
+        )
+        .unwrap();
+        // prlimit (util-linux) starts the gateway with these soft and hard limits.
+        let child = Command::new("prlimit")
+            .arg(format!("--nofile={limits}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_wasmgate"))
+            .args(["serve", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("prlimit runs");
+        let pid = child.id();
+        let mut process = Killed(child);
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let proc_limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let open_files: Vec<&str> = proc_limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .expect("a line for open files")
+            .split_whitespace()
+            .collect();
+        let hard = limits.split(':').nth(1).unwrap();
+        assert_eq!(
+            open_files[3..5],
+            [hard, hard],
+            "soft raised to hard: {proc_limits}"
+        );
+        let _ = process.0.kill();
+        let _ = process.0.wait();
+        let mut output = String::new();
+        for pipe in [
+            process
+                .0
+                .stdout
+                .take()
+                .map(|pipe| Box::new(pipe) as Box<dyn std::io::Read>),
+            process
+                .0
+                .stderr
+                .take()
+                .map(|pipe| Box::new(pipe) as Box<dyn std::io::Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut pipe = pipe;
+            let _ = pipe.read_to_string(&mut output);
+        }
+        assert_eq!(
+            output.contains("the open file limit is below what max_connections may need"),
+            short,
+            "{limits}, max_connections = {max_connections}: {output}"
+        );
     }
 }

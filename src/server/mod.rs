@@ -12,6 +12,7 @@
 //! Each connection's life, and the limits on idle, silent and slow peers, are in [`connection`].
 //! A connection the gateway ends while the client may still be sending lingers ([`linger`]), so
 //! an early answer such as a 413 reaches the client instead of being lost to a TCP reset.
+//! At start the open-file limit is raised to what `max_connections` may need ([`file_limit`]).
 //!
 //! On SIGTERM or SIGINT: `/readyz` starts failing at once, the listeners keep accepting for
 //! `shutdown_delay` and then close, open connections finish their in-flight requests (HTTP/1.1
@@ -19,6 +20,7 @@
 //! process exits 0. SIGHUP reloads the config (`crate::reload`).
 
 pub mod connection;
+pub mod file_limit;
 pub mod linger;
 pub mod listener;
 pub mod proxy_protocol;
@@ -49,6 +51,19 @@ use tokio::sync::{Semaphore, watch};
 /// first generation is built, so a slow first compile does not fail liveness probes.
 pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> anyhow::Result<()> {
     let hangups = hangup_signals();
+    match file_limit::raise(config.server.max_connections) {
+        file_limit::FileLimit::Enough { limit } => {
+            tracing::debug!(open_file_limit = limit, "open file limit")
+        }
+        file_limit::FileLimit::Short { limit, needed } => tracing::warn!(
+            open_file_limit = limit,
+            needed,
+            max_connections = config.server.max_connections,
+            "the open file limit is below what max_connections may need (each connection, as \
+             many lingering sockets, and 1024 more): raise it (systemd LimitNOFILE=, ulimit -n) \
+             or lower [server] max_connections"
+        ),
+    }
     crate::tls::certs::prefetch_system_roots();
     let metrics = Metrics::new();
     let admin_listener = TcpListener::bind(config.admin.listen)
