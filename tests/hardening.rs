@@ -282,7 +282,7 @@ async fn silent_and_half_open_connections_cannot_lock_clients_out() {
         "wasmgate_connections_open",
         &[("listener", listener)],
     );
-    assert!(open <= Some(4.0), "{metrics}");
+    assert!(open.is_some_and(|open| open <= 4.0), "{metrics}");
     drop(abusers);
 }
 
