@@ -56,6 +56,7 @@ pub struct Metrics {
     tls_certificate_expiry: IntGaugeVec,
     tls_handshake_failures: IntCounterVec,
     connections_open: IntGaugeVec,
+    worker_connections: IntGaugeVec,
     connections_closed: IntCounterVec,
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
@@ -216,6 +217,11 @@ impl Metrics {
                 "Client connections open, by listener, those still being established (PROXY header, TLS handshake) included.",
                 &["listener"],
             ),
+            worker_connections: gauge(
+                "wasmgate_worker_connections",
+                "Client connections each worker thread serves now, with [server] scheduler = \"per_core\" (absent with work_stealing).",
+                &["worker"],
+            ),
             connections_closed: counter(
                 "wasmgate_connections_closed_total",
                 "Client connections closed, by listener and reason: finished (the client closed, or HTTP ended it), error (a protocol or socket error, send_timeout included), not_established (the PROXY header or TLS handshake failed or timed out), idle, room (evicted for a new client at max_connections), stalled (a response the client stopped taking), shutdown.",
@@ -349,6 +355,12 @@ impl Metrics {
     /// The open-connections gauge of one listener.
     pub fn connections_open(&self, listener: &str) -> IntGauge {
         self.connections_open.with_label_values(&[listener])
+    }
+
+    /// The gauge of the connections worker `index` serves (`crate::server::workers`).
+    pub fn worker_connections(&self, index: usize) -> IntGauge {
+        self.worker_connections
+            .with_label_values(&[index.to_string().as_str()])
     }
 
     /// Counts a client connection of `listener` closed, and why (see

@@ -277,6 +277,10 @@ fn needs_restart(started: &Config, next: &Config) -> Vec<&'static str> {
     check("[server] send_timeout", a.send_timeout == b.send_timeout);
     check("[server] send_buffer", a.send_buffer == b.send_buffer);
     check(
+        "[server] scheduler and workers",
+        a.scheduler == b.scheduler && a.workers == b.workers,
+    );
+    check(
         "[server] keepalive_interval",
         a.keepalive_interval == b.keepalive_interval,
     );

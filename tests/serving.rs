@@ -60,6 +60,112 @@ async fn hello_over_http1_and_http2() {
     assert_eq!(response.version(), http::Version::HTTP_2);
 }
 
+/// Sends `GET /hello/{name}` on a raw HTTP/1.1 connection and reads its whole answer.
+async fn hello_on(connection: &mut tokio::net::TcpStream, name: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET /hello/{name} HTTP/1.1\r\nhost: test\r\n\r\n");
+    connection.write_all(request.as_bytes()).await.unwrap();
+    let want = format!("Hello, {name}!\n");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The whole answer: its body, and the last chunk when it is chunked.
+    let complete = |answer: &[u8]| {
+        let text = String::from_utf8_lossy(answer);
+        text.contains(&want) && (text.ends_with(&want) || text.ends_with("\r\n0\r\n\r\n"))
+    };
+    while !complete(&answer) {
+        let read = tokio::time::timeout(Duration::from_secs(10), connection.read(&mut buffer))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(read > 0, "closed before the answer: {answer:?}");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+}
+
+/// The names of the gateway process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+async fn worker_connections(gw: &Gateway, worker: &str) -> Option<f64> {
+    metric_value(
+        &gw.metrics().await,
+        "wasmgate_worker_connections",
+        &[("worker", worker)],
+    )
+}
+
+#[tokio::test]
+async fn per_core_workers_each_serve_their_share_of_the_connections() {
+    let gw = Gateway::start_with(
+        &routes(),
+        Sections {
+            server: "scheduler = \"per_core\"\nworkers = 2\n".into(),
+            ..Sections::default()
+        },
+    );
+    let threads = thread_names(gw.pid());
+    for worker in ["wg-worker-0", "wg-worker-1"] {
+        assert!(threads.iter().any(|t| t == worker), "{threads:?}");
+    }
+    assert!(!threads.iter().any(|t| t == "wg-worker-2"), "{threads:?}");
+    // Each new connection goes to the worker serving the fewest, so four make two each.
+    let mut connections = Vec::new();
+    for i in 0..4 {
+        let mut connection = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        hello_on(&mut connection, &format!("c{i}")).await;
+        connections.push(connection);
+    }
+    assert_eq!(worker_connections(&gw, "0").await, Some(2.0));
+    assert_eq!(worker_connections(&gw, "1").await, Some(2.0));
+    // Each keeps serving its connections, keep-alive.
+    for (i, connection) in connections.iter_mut().enumerate() {
+        hello_on(connection, &format!("again{i}")).await;
+    }
+    drop(connections);
+    let started = std::time::Instant::now();
+    while worker_connections(&gw, "0").await != Some(0.0)
+        || worker_connections(&gw, "1").await != Some(0.0)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the workers' gauges did not drop to 0"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_work_stealing_scheduler_serves_without_worker_threads() {
+    let gw = Gateway::start_with(
+        &routes(),
+        Sections {
+            server: "scheduler = \"work_stealing\"\n".into(),
+            ..Sections::default()
+        },
+    );
+    for client in [http1(), http2()] {
+        let (status, _, body) = get(&client, &gw.url("/hello/stolen")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "Hello, stolen!\n")
+        );
+    }
+    let mut connection = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    hello_on(&mut connection, "raw").await;
+    let threads = thread_names(gw.pid());
+    assert!(
+        !threads.iter().any(|t| t.starts_with("wg-worker")),
+        "{threads:?}"
+    );
+    assert_eq!(worker_connections(&gw, "0").await, None);
+}
+
 #[tokio::test]
 async fn keep_alive_serves_many_requests_on_one_connection() {
     let gw = Gateway::start(&routes());

@@ -144,6 +144,29 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Keep a well-formed `x-request-id` from a trusted proxy instead of making a new one.
     pub trust_request_id: bool,
+    /// Where client connections run: each pinned to one worker thread (`per_core`), or on a
+    /// work-stealing pool of threads.
+    pub scheduler: Scheduler,
+    /// With `scheduler = "per_core"`: how many worker threads; `0` is one per core the process
+    /// may use (its CPU affinity and cgroup quota included).
+    pub workers: usize,
+}
+
+/// The most `[server] workers` a config may ask for: far past any core count, a typo's guard.
+pub const MAX_WORKERS: usize = 1024;
+
+/// `[server] scheduler`: how client connections are spread over threads
+/// (`crate::server::workers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    /// One worker thread per core, each with an event loop of its own; a connection stays on
+    /// the worker it was given, as in nginx and Envoy.
+    #[default]
+    PerCore,
+    /// tokio's multi-thread runtime: any thread runs any connection's work, and idle threads
+    /// steal it.
+    WorkStealing,
 }
 
 impl Default for ServerConfig {
@@ -168,6 +191,8 @@ impl Default for ServerConfig {
             watch: false,
             trusted_proxies: Vec::new(),
             trust_request_id: false,
+            scheduler: Scheduler::default(),
+            workers: 0,
         }
     }
 }
@@ -614,6 +639,15 @@ impl Config {
         }
         if server.max_connections == 0 {
             bail!("[server] max_connections must be at least 1");
+        }
+        if server.scheduler == Scheduler::WorkStealing && server.workers != 0 {
+            bail!(
+                "[server] workers is the number of per_core workers: it cannot be set with \
+                 scheduler = \"work_stealing\", whose threads tokio sizes to the cores"
+            );
+        }
+        if server.workers > MAX_WORKERS {
+            bail!("[server] workers must be at most {MAX_WORKERS}");
         }
         if server.max_concurrent_streams == 0 {
             bail!("[server] max_concurrent_streams must be at least 1");
@@ -1212,6 +1246,22 @@ mod tests {
             "{text}"
         );
         assert!(refusal("[server]\nsend_timeout = \"0s\"\n").contains("send_timeout"));
+    }
+
+    #[test]
+    fn the_scheduler_and_its_workers_are_checked() {
+        let config = parse("").unwrap();
+        assert_eq!(config.server.scheduler, Scheduler::PerCore);
+        assert_eq!(config.server.workers, 0);
+        let config = parse("[server]\nscheduler = \"work_stealing\"\n").unwrap();
+        assert_eq!(config.server.scheduler, Scheduler::WorkStealing);
+        assert_eq!(parse("[server]\nworkers = 3\n").unwrap().server.workers, 3);
+        assert!(
+            refusal("[server]\nscheduler = \"work_stealing\"\nworkers = 2\n")
+                .contains("workers is the number of per_core workers")
+        );
+        assert!(refusal("[server]\nworkers = 5000\n").contains("at most 1024"));
+        assert!(refusal("[server]\nscheduler = \"round_robin\"\n").contains("scheduler"));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! waits for the response headers ([`send`]) and then with every frame of the response body
 //! ([`PooledBody`]), as nginx does in its event loop.
 //!
-//! A connection is taken from its target's idle list ([`IdleConnections`]), the most recently
-//! used first, and goes back from the response body once the body has ended and the connection
+//! A connection is taken from its target's idle list ([`IdleConnections`], one per worker
+//! thread, since a socket's readiness is delivered by the thread that opened it), the most
+//! recently used first, and goes back from the response body once the body has ended and the connection
 //! may take the next request. Idle, nobody polls it: a connection is looked at when taken, so
 //! one that its target closed meanwhile is found closed and dropped, and a request that a
 //! connection could not send (closed under it before the request went out) goes to the next
@@ -27,6 +28,7 @@
 use super::ProxyBody;
 use super::counted::{Counted, CountingConnector};
 use crate::body::BoxError;
+use crate::server::workers;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -69,13 +71,20 @@ struct Live {
     /// queued on it comes back unsent ([`send`] tries the next connection) rather than waiting
     /// on a connection that will never take it.
     connection: Option<Pin<Box<Connection<Counted, ProxyBody>>>>,
+    /// The idle list it goes back to: that of the worker thread that opened it.
+    shard: usize,
 }
 
 impl Live {
-    fn new(sender: SendRequest<ProxyBody>, connection: Connection<Counted, ProxyBody>) -> Live {
+    fn new(
+        sender: SendRequest<ProxyBody>,
+        connection: Connection<Counted, ProxyBody>,
+        shard: usize,
+    ) -> Live {
         Live {
             sender,
             connection: Some(Box::pin(connection)),
+            shard,
         }
     }
 
@@ -93,20 +102,50 @@ impl Live {
     }
 }
 
-/// One target's idle connections, the most recently used last.
-#[derive(Default)]
-pub struct IdleConnections(Mutex<Vec<(Live, Instant)>>);
+/// One target's idle connections, in one list per worker thread (`[server] scheduler =
+/// "per_core"`, `crate::server::workers`) plus one for every other thread, each the most
+/// recently used last.
+///
+/// A connection's socket is registered with the event loop of the thread that opened it; used
+/// by another worker, each of its reads would wake that thread first. So a connection goes
+/// back to its own worker's list, and a request takes only from its worker's list.
+pub struct IdleConnections {
+    shards: Box<[Mutex<IdleList>]>,
+}
+
+/// Idle connections with the time each went idle, the most recently used last.
+type IdleList = Vec<(Live, Instant)>;
+
+impl Default for IdleConnections {
+    fn default() -> Self {
+        IdleConnections {
+            shards: (0..workers::shards()).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
 
 impl IdleConnections {
-    /// The most recently used idle connection; those idle too long are dropped on the way.
+    /// The list of the calling thread: its worker's, or the shared one.
+    fn shard_here(&self) -> usize {
+        workers::current_worker().map_or(0, |worker| (worker + 1) % self.shards.len())
+    }
+
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, IdleList> {
+        self.shards[shard % self.shards.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection of the calling thread's list; those idle too
+    /// long are dropped on the way.
     fn take(&self) -> Option<Live> {
-        let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.lock(self.shard_here());
         Self::prune(&mut idle);
         idle.pop().map(|(live, _)| live)
     }
 
     fn put(&self, live: Live) {
-        let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.lock(live.shard);
         Self::prune(&mut idle);
         idle.push((live, Instant::now()));
     }
@@ -116,14 +155,16 @@ impl IdleConnections {
     /// target would keep its socket (and its place in the open-connections gauge) until the
     /// target's next request, which may never come.
     pub fn sweep(&self) {
-        let mut idle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::prune(&mut idle);
         let mut cx = Context::from_waker(Waker::noop());
-        idle.retain_mut(|(live, _)| live.drive(&mut cx));
+        for shard in 0..self.shards.len() {
+            let mut idle = self.lock(shard);
+            Self::prune(&mut idle);
+            idle.retain_mut(|(live, _)| live.drive(&mut cx));
+        }
     }
 
     /// Drops the connections idle past [`IDLE_TIMEOUT`] (the oldest are first).
-    fn prune(idle: &mut Vec<(Live, Instant)>) {
+    fn prune(idle: &mut IdleList) {
         let stale = idle
             .iter()
             .take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT)
@@ -136,7 +177,9 @@ impl IdleConnections {
     /// How many connections are idle now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+        (0..self.shards.len())
+            .map(|shard| self.lock(shard).len())
+            .sum()
     }
 }
 
@@ -172,7 +215,7 @@ pub async fn send(
     let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|error| SendFailure::Connect(error.into()))?;
-    let mut live = Live::new(sender, connection);
+    let mut live = Live::new(sender, connection, idle.shard_here());
     match exchange(&mut live, request).await {
         Ok(response) => Ok(PooledBody::wrap(response, live, idle)),
         Err(failed) => Err(SendFailure::Send(failed.into_error().into())),
@@ -370,6 +413,42 @@ mod tests {
         let response = send(connector, idle, uri, request(address)).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
+    }
+
+    #[tokio::test]
+    async fn a_connection_goes_back_to_the_idle_list_of_the_worker_that_opened_it() {
+        let metrics = crate::metrics::Metrics::new();
+        let workers = workers::Workers::start(2, &metrics).unwrap();
+        let (address, accepted) = counting_server(serve_hello).await;
+        let (connector, idle, uri) = pool_for(address);
+        let on_worker = |index: usize| workers.handle(index).unwrap().clone();
+        {
+            let (connector, idle, uri) = (connector.clone(), idle.clone(), uri.clone());
+            on_worker(0)
+                .spawn(async move { fetch_hello(&connector, &idle, &uri, address).await })
+                .await
+                .unwrap();
+        }
+        assert_eq!(idle.len(), 1);
+        // Neither another worker nor a thread of the shared runtime takes it.
+        assert!(idle.take().is_none());
+        let other = idle.clone();
+        assert!(
+            on_worker(1)
+                .spawn(async move { other.take().is_none() })
+                .await
+                .unwrap()
+        );
+        // Its own worker reuses it.
+        for _ in 0..3 {
+            let (connector, idle, uri) = (connector.clone(), idle.clone(), uri.clone());
+            on_worker(0)
+                .spawn(async move { fetch_hello(&connector, &idle, &uri, address).await })
+                .await
+                .unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(idle.len(), 1);
     }
 
     #[tokio::test]

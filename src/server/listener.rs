@@ -13,6 +13,7 @@ use super::connection::{
 };
 use super::linger::{self, Lingering};
 use super::proxy_protocol::{self, ProxyHeaderError};
+use super::workers::Scheduler;
 use crate::config::{ListenerConfig, redirect_target};
 use crate::connection_info::{ConnectionInfo, Redirect, Scheme};
 use crate::gateway::Gateway;
@@ -101,6 +102,8 @@ pub struct Connections {
     /// Turns true when the gateway shuts down. Every connection task holds a receiver, so the
     /// sender sees them all gone once every connection has closed.
     pub shutdown: watch::Receiver<bool>,
+    /// Where connections run (`[server] scheduler`).
+    pub scheduler: Scheduler,
 }
 
 /// hyper's connection builders: the auto-detecting one for cleartext, one per protocol for
@@ -150,17 +153,17 @@ pub async fn accept_loop(
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(connections.send_buffer);
         }
         let setup = listener.setup.clone();
-        let connections = connections.clone();
+        let all = connections.clone();
         let open = open.clone();
-        open.inc();
-        tokio::spawn(async move {
-            let closed = serve(stream, peer, &setup, &connections).await;
-            drop(slot);
-            open.dec();
-            connections
-                .metrics
-                .connection_closed(&setup.name, closed.as_str());
-        });
+        connections
+            .scheduler
+            .spawn(stream, move |stream| async move {
+                open.inc();
+                let closed = serve(stream, peer, &setup, &all).await;
+                drop(slot);
+                open.dec();
+                all.metrics.connection_closed(&setup.name, closed.as_str());
+            });
     }
 }
 

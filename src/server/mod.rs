@@ -9,6 +9,8 @@
 //! client makes the longest-idle connection close; when every connection is busy, new clients
 //! wait in the kernel's backlog.
 //!
+//! Each accepted connection runs on one worker thread of its own for its whole life, or on the
+//! shared work-stealing runtime, as `[server] scheduler` says ([`workers`]).
 //! Each connection's life, and the limits on idle, silent and slow peers, are in [`connection`].
 //! A connection the gateway ends while the client may still be sending lingers ([`linger`]), so
 //! an early answer such as a 413 reaches the client instead of being lost to a TCP reset.
@@ -24,6 +26,7 @@ pub mod file_limit;
 pub mod linger;
 pub mod listener;
 pub mod proxy_protocol;
+pub mod workers;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ServerConfig};
@@ -66,6 +69,8 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
     }
     crate::tls::certs::prefetch_system_roots();
     let metrics = Metrics::new();
+    // Before the first generation: the upstreams' connection pools keep a list per worker.
+    let scheduler = workers::Scheduler::start(&config.server, &metrics)?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([admin] listen)", config.admin.listen))?;
@@ -157,6 +162,7 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
         gateway,
         metrics.clone(),
         &config.server,
+        scheduler,
         stop_accepting,
     )
     .await;
@@ -206,6 +212,7 @@ async fn serve_connections(
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
     limits: &ServerConfig,
+    scheduler: workers::Scheduler,
     stop: impl Future<Output = ()>,
 ) -> OpenConnections {
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -227,6 +234,7 @@ async fn serve_connections(
         send_buffer: usize::try_from(limits.send_buffer).unwrap_or(usize::MAX),
         lingering,
         shutdown: shutdown_rx,
+        scheduler,
     });
     let (stop_accepting, stopped) = watch::channel(false);
     let accepting: Vec<_> = listeners
