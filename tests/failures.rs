@@ -209,6 +209,61 @@ async fn a_busy_guest_is_stopped_at_its_timeout_while_others_keep_being_served()
 }
 
 #[tokio::test]
+async fn a_busy_guest_leaves_its_worker_free_for_other_connections_at_every_tick() {
+    // One worker thread serves every connection, and the looping guest yields at every 50 ms
+    // tick. If a yield did not let the worker look at its sockets and timers, it would look only
+    // every 61 polls (3 s here): hello would wait about as long as the loop's timeout.
+    let routes = format!(
+        "[[route]]\npath = \"/hello/:name\"\ncomponent = {hello}\n\n\
+         [[route]]\npath = \"/loop\"\ncomponent = {looping}\ntimeout = \"3s\"\n",
+        hello = toml_path(&guest("hello")),
+        looping = toml_path(&guest("infinite-loop")),
+    );
+    let defaults = Sections::default();
+    let gw = Gateway::start_with(
+        &routes,
+        Sections {
+            server: "scheduler = \"per_core\"\nworkers = 1\n".into(),
+            engine: format!("{}epoch_tick = \"50ms\"\n", defaults.engine),
+            ..defaults
+        },
+    );
+    let url = gw.url("/loop");
+    let looping = tokio::spawn(async move { get(&http1(), &url).await.0 });
+    // The guest is running once the route counts an instance.
+    let started = std::time::Instant::now();
+    while metric_value(
+        &gw.metrics().await,
+        "wasmgate_instances_active",
+        &[("route", "/loop")],
+    ) != Some(1.0)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the loop never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = std::time::Instant::now();
+    let (status, _, body) = get(&http1(), &gw.url("/hello/beside")).await;
+    let waited = asked.elapsed();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "Hello, beside!\n")
+    );
+    assert!(
+        !looping.is_finished(),
+        "hello must be answered while the guest still computes"
+    );
+    // 1.5 s: thirty ticks of slack, half of what a worker blind to its sockets would take.
+    assert!(
+        waited < Duration::from_millis(1500),
+        "hello waited {waited:?} behind a computing guest on its worker"
+    );
+    assert_eq!(looping.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
 async fn a_timeout_after_the_headers_aborts_the_response() {
     let gw = Gateway::start(&routes());
     for client in [http1(), http2()] {

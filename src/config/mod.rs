@@ -1261,7 +1261,7 @@ mod tests {
                 .contains("workers is the number of per_core workers")
         );
         assert!(refusal("[server]\nworkers = 5000\n").contains("at most 1024"));
-        assert!(refusal("[server]\nscheduler = \"round_robin\"\n").contains("scheduler"));
+        assert!(refusal("[server]\nscheduler = \"round_robin\"\n").contains("unknown variant"));
     }
 
     #[test]

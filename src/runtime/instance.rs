@@ -794,9 +794,19 @@ pub(super) fn new_store(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
-    // Yield at every epoch tick: fairness for busy guests, and a chance for the deadline.
+    // Yield at every epoch tick: fairness for busy guests, and a chance for the deadline. A
+    // plain `Yield` wakes the task at once, so a single-threaded worker (`per_core`) would poll
+    // the guest again without looking at its sockets and timers (tokio does that only every 61
+    // polls while tasks are ready): a computing guest would stall every other connection of
+    // its worker, and its own timeout. tokio's `yield_now` runs the task again only after the
+    // runtime has looked at both.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
     store
 }
 

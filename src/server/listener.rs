@@ -154,16 +154,48 @@ pub async fn accept_loop(
         }
         let setup = listener.setup.clone();
         let all = connections.clone();
-        let open = open.clone();
+        let mut counted = Counted::new(
+            open.clone(),
+            connections.metrics.clone(),
+            setup.name.clone(),
+        );
         connections
             .scheduler
             .spawn(stream, move |stream| async move {
-                open.inc();
-                let closed = serve(stream, peer, &setup, &all).await;
+                counted.closed = serve(stream, peer, &setup, &all).await;
                 drop(slot);
-                open.dec();
-                all.metrics.connection_closed(&setup.name, closed.as_str());
+                drop(counted);
             });
+    }
+}
+
+/// A connection on `wasmgate_connections_open` from its accept, and on
+/// `wasmgate_connections_closed_total` once it ends: with how it ended, or as an error when it
+/// never got to be served (its hand-over to a worker failed).
+struct Counted {
+    open: prometheus::IntGauge,
+    metrics: Arc<Metrics>,
+    listener: Arc<str>,
+    closed: Closed,
+}
+
+impl Counted {
+    fn new(open: prometheus::IntGauge, metrics: Arc<Metrics>, listener: Arc<str>) -> Counted {
+        open.inc();
+        Counted {
+            open,
+            metrics,
+            listener,
+            closed: Closed::Error,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.open.dec();
+        self.metrics
+            .connection_closed(&self.listener, self.closed.as_str());
     }
 }
 

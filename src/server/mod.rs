@@ -162,7 +162,7 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
         gateway,
         metrics.clone(),
         &config.server,
-        scheduler,
+        scheduler.clone(),
         stop_accepting,
     )
     .await;
@@ -182,6 +182,9 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
         // The spans of the last requests are still queued: export them before exiting.
         let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
     }
+    // The workers run to here, as the shared runtime does: what connections left running
+    // (a socket's lingering close) ends with the process, not with the last connection.
+    drop(scheduler);
     Ok(())
 }
 

@@ -9,37 +9,51 @@
 //! a single-threaded tokio runtime, and each accepted connection is handed to the worker that
 //! serves the fewest connections. The connection, and everything it spawns (hyper's HTTP/2
 //! streams, a guest's streaming body, the socket's lingering close), stays on that worker until
-//! it ends; the upstream connections its requests open are kept for that worker's requests
-//! (`crate::proxy::pool`), so a proxied request never wakes another thread either.
+//! it ends. An upstream route's `http://` connections are kept for the worker that opened them
+//! (`crate::proxy::pool`), so such a proxied request does not wake another thread either.
 //!
-//! The trade-off is that no worker can take over another's work. A guest that computes for
-//! long delays the other connections of its worker, where the shared runtime would have moved
-//! them to an idle thread. Guests yield at every epoch tick, so the delay is at most one tick
-//! at a time, and the route's `timeout` still bounds the guest. `work_stealing` is for routes
-//! whose guests compute for long.
+//! The trade-offs, both those of nginx's and Envoy's workers:
+//! - No worker takes over another's work. A guest that computes for long shares its worker with
+//!   that worker's other connections: it yields at every epoch tick, and the worker then serves
+//!   the others' I/O and timers before resuming it (`runtime::instance`), so they are slowed,
+//!   not stopped. `work_stealing` would move them to an idle thread.
+//! - Connections are balanced, not requests: all the streams of one HTTP/2 connection run on
+//!   its worker. Behind a proxy that multiplexes everything onto fewer connections than there
+//!   are cores, `work_stealing` uses every core and `per_core` does not.
 //!
-//! The accept loops, the admin port, reloads, health checks and the backends' own tasks stay on
-//! the process's shared runtime under both schedulers. Measured gains are in docs/perf.md.
+//! The accept loops, the admin port, reloads, health checks, and the keyvalue and blob store
+//! connections ([`spawn_shared`]) stay on the process's shared runtime under both schedulers.
+//! The HTTP clients of guests' outgoing requests and of `https://` and `h2c` upstream targets
+//! run each connection on the worker that opened it; requests from other workers reach it
+//! through hyper-util's pool as before. The measurements are in docs/perf.md.
 
 use crate::config::{Scheduler as SchedulerConfig, ServerConfig};
 use crate::metrics::Metrics;
+use anyhow::Context as _;
 use prometheus::IntGauge;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpStream;
 
-/// Where accepted connections are served.
+/// Where accepted connections are served. A clone shares the same workers, which stop when
+/// the last clone is dropped.
+#[derive(Clone)]
 pub enum Scheduler {
     /// On the process's multi-thread runtime, with work stealing.
     WorkStealing,
     /// On worker threads of their own.
-    PerCore(Workers),
+    PerCore(Arc<Workers>),
 }
 
 impl Scheduler {
-    /// The scheduler `[server]` asks for, its workers started.
+    /// The scheduler `[server]` asks for, its workers started. Called on the process's shared
+    /// runtime, which [`spawn_shared`] then spawns on.
     pub fn start(server: &ServerConfig, metrics: &Metrics) -> anyhow::Result<Scheduler> {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let _ = SHARED.set(runtime);
+        }
         Ok(match server.scheduler {
             SchedulerConfig::WorkStealing => Scheduler::WorkStealing,
             SchedulerConfig::PerCore => {
@@ -47,7 +61,7 @@ impl Scheduler {
                     0 => std::thread::available_parallelism().map_or(1, usize::from),
                     count => count,
                 };
-                Scheduler::PerCore(Workers::start(count, metrics)?)
+                Scheduler::PerCore(Arc::new(Workers::start(count, metrics)?))
             }
         })
     }
@@ -68,10 +82,31 @@ impl Scheduler {
     }
 }
 
+/// The process's shared runtime, once the scheduler has started.
+static SHARED: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+
+/// Spawns `task` on the process's shared runtime rather than on the calling worker: for tasks
+/// every worker uses, such as a backend's connection, which would otherwise live on (and wait
+/// for) the first worker that needed it. Before the scheduler starts, and in tests, it spawns
+/// on the calling runtime.
+pub fn spawn_shared<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match SHARED.get() {
+        Some(runtime) => runtime.spawn(task),
+        None => tokio::spawn(task),
+    }
+}
+
 thread_local! {
     /// The worker this thread is, when it is one.
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
+
+/// tokio's default limit on one runtime's blocking threads, shared out between the workers.
+const MAX_BLOCKING_THREADS: usize = 512;
 
 /// How many worker threads the process started, for the per-worker lists of
 /// `crate::proxy::pool`.
@@ -104,26 +139,44 @@ struct Worker {
 impl Workers {
     /// Starts `count` worker threads (at least one).
     pub(crate) fn start(count: usize, metrics: &Metrics) -> anyhow::Result<Workers> {
+        let count = count.max(1);
+        // Blocking work (DNS lookups, file stores) gets as many threads in all as one tokio
+        // runtime would.
+        let blocking_threads = (MAX_BLOCKING_THREADS / count).max(8);
         let (stop, stopped) = tokio::sync::watch::channel(());
-        let mut workers = Vec::with_capacity(count.max(1));
-        for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name(format!("wg-blocking-{index}"))
-                .build()
-                .map_err(|e| anyhow::anyhow!("cannot start worker {index}'s runtime: {e}"))?;
-            let handle = runtime.handle().clone();
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
             let mut stopped = stopped.clone();
+            let (started, handle) = std::sync::mpsc::sync_channel(1);
+            // The runtime is built on its own thread, and dropped there: a runtime may not be
+            // dropped from within another's tasks.
             std::thread::Builder::new()
                 .name(format!("wg-worker-{index}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_name(format!("wg-blocking-{index}"))
+                        .max_blocking_threads(blocking_threads)
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
                     WORKER.with(|worker| worker.set(Some(index)));
+                    let _ = started.send(Ok(runtime.handle().clone()));
                     runtime.block_on(async move {
                         // Resolves once the sender is dropped.
                         while stopped.changed().await.is_ok() {}
                     });
                 })
-                .map_err(|e| anyhow::anyhow!("cannot start worker thread {index}: {e}"))?;
+                .with_context(|| format!("cannot start worker thread {index}"))?;
+            let handle = handle
+                .recv()
+                .with_context(|| format!("worker thread {index} ended at start"))?
+                .with_context(|| format!("cannot start worker {index}'s runtime"))?;
             workers.push(Worker {
                 handle,
                 connections: metrics.worker_connections(index),
@@ -189,5 +242,64 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    /// Hands `count` accepted connections to `scheduler`; each reports the worker it runs on and
+    /// stays open until its release is sent.
+    async fn hand_over(
+        scheduler: &Scheduler,
+        count: usize,
+    ) -> (Vec<Option<usize>>, Vec<oneshot::Sender<()>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (mut ran_on, mut releases) = (Vec::new(), Vec::new());
+        for _ in 0..count {
+            let _client = TcpStream::connect(address).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            let (report, reported) = oneshot::channel();
+            let (release, released) = oneshot::channel::<()>();
+            scheduler.spawn(accepted, move |stream| async move {
+                let _ = report.send(current_worker());
+                let _ = released.await;
+                drop(stream);
+            });
+            ran_on.push(reported.await.unwrap());
+            releases.push(release);
+        }
+        (ran_on, releases)
+    }
+
+    #[tokio::test]
+    async fn each_connection_runs_on_the_worker_serving_the_fewest() {
+        let metrics = Metrics::new();
+        let scheduler = Scheduler::PerCore(Arc::new(Workers::start(2, &metrics).unwrap()));
+        let (ran_on, releases) = hand_over(&scheduler, 3).await;
+        assert_eq!(ran_on, [Some(0), Some(1), Some(0)]);
+        assert_eq!(metrics.worker_connections(0).get(), 2);
+        assert_eq!(metrics.worker_connections(1).get(), 1);
+        // The fourth goes to the one serving fewer.
+        let (ran_on, more) = hand_over(&scheduler, 1).await;
+        assert_eq!(ran_on, [Some(1)]);
+        drop((releases, more));
+        for _ in 0..100 {
+            if metrics.worker_connections(0).get() == 0 && metrics.worker_connections(1).get() == 0
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the workers' gauges did not drop to 0");
+    }
+
+    #[tokio::test]
+    async fn work_stealing_runs_connections_on_the_calling_runtime() {
+        let (ran_on, _releases) = hand_over(&Scheduler::WorkStealing, 2).await;
+        assert_eq!(ran_on, [None, None]);
     }
 }

@@ -64,7 +64,12 @@ impl<T: Clone + Send + Sync + 'static> SharedConnection<T> {
                         .attempts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let (what, timeout) = (self.what, self.timeout);
-                    let attempt = tokio::spawn(tokio::time::timeout(timeout, connect()));
+                    // On the shared runtime: the connection's own tasks, spawned as it
+                    // connects, serve every worker thread (`crate::server::workers`).
+                    let attempt = crate::server::workers::spawn_shared(tokio::time::timeout(
+                        timeout,
+                        connect(),
+                    ));
                     let attempt: Attempt<T> = async move {
                         match attempt.await {
                             Ok(Ok(result)) => result,
