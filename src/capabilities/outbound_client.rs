@@ -1,7 +1,8 @@
 //! The pooled client a route's components send their outgoing HTTP requests on.
 //!
-//! Each component route has one hyper-util client, shared by all its requests and instances:
-//! connections stay open between requests (keep-alive), `https://` hosts speak HTTP/2 or
+//! Each component route has one hyper-util client per worker thread (`[server] scheduler`),
+//! shared by all the requests and instances of the route on that worker: connections stay open
+//! between requests (keep-alive), `https://` hosts speak HTTP/2 or
 //! HTTP/1.1 by ALPN, and TLS trusts the public (webpki) roots, the system's roots and the
 //! operator's `[server] outbound_ca`.
 //!
@@ -15,6 +16,7 @@
 
 use super::outbound_http::{Allowlist, Decision, Refusal as ConnectRefused, decide};
 use crate::config::Config;
+use crate::server::workers::PerWorker;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -36,7 +38,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One route's client: its allow-list and its connection pool.
 pub struct OutboundClient {
     pub allowlist: Arc<Allowlist>,
-    client: Client<HttpsConnector<PolicyConnector>, WasiBody>,
+    /// A pool for each worker thread (`crate::server::workers`): a connection serves the
+    /// requests of the worker whose event loop it is on.
+    clients: PerWorker<Client<HttpsConnector<PolicyConnector>, WasiBody>>,
 }
 
 impl OutboundClient {
@@ -49,10 +53,12 @@ impl OutboundClient {
             .wrap_connector(PolicyConnector {
                 allowlist: allowlist.clone(),
             });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(connector);
-        OutboundClient { allowlist, client }
+        let clients = PerWorker::new(|_| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(IDLE_TIMEOUT)
+                .build(connector.clone())
+        });
+        OutboundClient { allowlist, clients }
     }
 
     /// Sends `request` (absolute URI), on a pooled connection or a new, checked one.
@@ -61,7 +67,8 @@ impl OutboundClient {
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
         let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-        self.client
+        self.clients
+            .here()
             .request(request)
             .await
             .map_err(|error| failure(error, https))

@@ -45,6 +45,7 @@ use crate::config::upstream::{
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::runtime::admission::Admission;
 use crate::runtime::instance::Failure;
+use crate::server::workers::PerWorker;
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -85,7 +86,9 @@ pub struct Upstream {
     /// builds the upstream again.
     ca_pem: Option<Vec<u8>>,
     targets: Vec<UpstreamTarget>,
-    client: Client<HttpsConnector<counted::CountingConnector>, ProxyBody>,
+    /// For `https://` and `h2c` targets: a pool for each worker thread, whose connections are on
+    /// that worker's event loop (`crate::server::workers`).
+    client: PerWorker<Client<HttpsConnector<counted::CountingConnector>, ProxyBody>>,
     /// Connects to `http://` targets for [`pool`], which serves them over HTTP/1.1 (none with
     /// `h2c`: those go through `client`).
     http1: Option<counted::CountingConnector>,
@@ -225,10 +228,12 @@ impl Upstream {
                 builder.enable_all_versions().wrap_connector(http.clone())
             }
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(config.h2c)
-            .build(connector(false));
+        let client = PerWorker::new(|_| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .http2_only(config.h2c)
+                .build(connector(false))
+        });
         let upgrade_client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector(true));
@@ -327,7 +332,7 @@ impl Upstream {
             return;
         };
         let passed = matches!(
-            tokio::time::timeout(health.timeout, self.client.request(request)).await,
+            tokio::time::timeout(health.timeout, self.client.here().request(request)).await,
             Ok(Ok(response)) if response.status().is_success() || response.status().is_redirection()
         );
         let down = target.down.load(Ordering::Relaxed);
@@ -632,7 +637,7 @@ impl UpstreamRoute {
                     }
                     let client = match client_side {
                         Some(_) => &upstream.upgrade_client,
-                        None => &upstream.client,
+                        None => upstream.client.here(),
                     };
                     match client.request(outgoing).await {
                         Ok(response) => Ok(response.map(pool::PooledBody::unpooled)),

@@ -28,7 +28,7 @@
 use super::ProxyBody;
 use super::counted::{Counted, CountingConnector};
 use crate::body::BoxError;
-use crate::server::workers;
+use crate::server::workers::PerWorker;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -110,7 +110,7 @@ impl Live {
 /// by another worker, each of its reads would wake that thread first. So a connection goes
 /// back to its own worker's list, and a request takes only from its worker's list.
 pub struct IdleConnections {
-    shards: Box<[Mutex<IdleList>]>,
+    shards: PerWorker<Mutex<IdleList>>,
 }
 
 /// Idle connections with the time each went idle, the most recently used last.
@@ -119,7 +119,7 @@ type IdleList = Vec<(Live, Instant)>;
 impl Default for IdleConnections {
     fn default() -> Self {
         IdleConnections {
-            shards: (0..workers::shards()).map(|_| Mutex::default()).collect(),
+            shards: PerWorker::new(|_| Mutex::default()),
         }
     }
 }
@@ -127,25 +127,23 @@ impl Default for IdleConnections {
 impl IdleConnections {
     /// The list of the calling thread: its worker's, or the shared one.
     fn shard_here(&self) -> usize {
-        workers::current_worker().map_or(0, |worker| (worker + 1) % self.shards.len())
+        self.shards.index_here()
     }
 
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, IdleList> {
-        self.shards[shard % self.shards.len()]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(list: &Mutex<IdleList>) -> std::sync::MutexGuard<'_, IdleList> {
+        list.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection of the calling thread's list; those idle too
     /// long are dropped on the way.
     fn take(&self) -> Option<Live> {
-        let mut idle = self.lock(self.shard_here());
+        let mut idle = Self::lock(self.shards.here());
         Self::prune(&mut idle);
         idle.pop().map(|(live, _)| live)
     }
 
     fn put(&self, live: Live) {
-        let mut idle = self.lock(live.shard);
+        let mut idle = Self::lock(self.shards.get(live.shard));
         Self::prune(&mut idle);
         idle.push((live, Instant::now()));
     }
@@ -156,8 +154,8 @@ impl IdleConnections {
     /// target's next request, which may never come.
     pub fn sweep(&self) {
         let mut cx = Context::from_waker(Waker::noop());
-        for shard in 0..self.shards.len() {
-            let mut idle = self.lock(shard);
+        for list in self.shards.iter() {
+            let mut idle = Self::lock(list);
             Self::prune(&mut idle);
             idle.retain_mut(|(live, _)| live.drive(&mut cx));
         }
@@ -177,9 +175,7 @@ impl IdleConnections {
     /// How many connections are idle now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        (0..self.shards.len())
-            .map(|shard| self.lock(shard).len())
-            .sum()
+        self.shards.iter().map(|list| Self::lock(list).len()).sum()
     }
 }
 
@@ -418,7 +414,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_goes_back_to_the_idle_list_of_the_worker_that_opened_it() {
         let metrics = crate::metrics::Metrics::new();
-        let workers = workers::Workers::start(2, &metrics).unwrap();
+        let workers = crate::server::workers::Workers::start(2, &metrics).unwrap();
         let (address, accepted) = counting_server(serve_hello).await;
         let (connector, idle, uri) = pool_for(address);
         let on_worker = |index: usize| workers.handle(index).unwrap().clone();

@@ -9,8 +9,10 @@
 //! a single-threaded tokio runtime, and each accepted connection is handed to the worker that
 //! serves the fewest connections. The connection, and everything it spawns (hyper's HTTP/2
 //! streams, a guest's streaming body, the socket's lingering close), stays on that worker until
-//! it ends. An upstream route's `http://` connections are kept for the worker that opened them
-//! (`crate::proxy::pool`), so such a proxied request does not wake another thread either.
+//! it ends. The connections a request opens are kept for the requests of the worker that opened
+//! them ([`PerWorker`]: an upstream route's pool, `crate::proxy::pool`, and the HTTP clients of
+//! `https://` and `h2c` targets and of guests' outgoing requests), so reusing one does not wake
+//! another thread either.
 //!
 //! The trade-offs, both those of nginx's and Envoy's workers:
 //! - No worker takes over another's work. A guest that computes for long shares its worker with
@@ -21,11 +23,10 @@
 //!   its worker. Behind a proxy that multiplexes everything onto fewer connections than there
 //!   are cores, `work_stealing` uses every core and `per_core` does not.
 //!
-//! The accept loops, the admin port, reloads, health checks, and the keyvalue and blob store
+//! The accept loops, the admin port, reloads, health checks, and the keyvalue and NATS
 //! connections ([`spawn_shared`]) stay on the process's shared runtime under both schedulers.
-//! The HTTP clients of guests' outgoing requests and of `https://` and `h2c` upstream targets
-//! run each connection on the worker that opened it; requests from other workers reach it
-//! through hyper-util's pool as before. The measurements are in docs/perf.md.
+//! The S3 client's connections are on the worker that opened them, shared by all. The
+//! measurements are in docs/perf.md.
 
 use crate::config::{Scheduler as SchedulerConfig, ServerConfig};
 use crate::metrics::Metrics;
@@ -100,6 +101,43 @@ where
     }
 }
 
+/// One `T` for each worker thread and one for every other thread, each used by its own
+/// thread: for what holds connections, whose sockets are registered with the event loop of the
+/// thread that opened them (a connection pool, an HTTP client). Made before the workers start,
+/// it has one `T` that every thread shares.
+pub struct PerWorker<T> {
+    each: Box<[T]>,
+}
+
+impl<T> PerWorker<T> {
+    /// A `T` made by `make` for each worker started, and one for the other threads.
+    pub fn new(make: impl FnMut(usize) -> T) -> PerWorker<T> {
+        PerWorker {
+            each: (0..shards()).map(make).collect(),
+        }
+    }
+
+    /// The index of the calling thread's `T`.
+    pub fn index_here(&self) -> usize {
+        current_worker().map_or(0, |worker| (worker + 1) % self.each.len())
+    }
+
+    /// The calling thread's `T`.
+    pub fn here(&self) -> &T {
+        &self.each[self.index_here()]
+    }
+
+    /// The `T` at `index` (as [`PerWorker::index_here`] gave it).
+    pub fn get(&self, index: usize) -> &T {
+        &self.each[index % self.each.len()]
+    }
+
+    /// Every `T`.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.each.iter()
+    }
+}
+
 thread_local! {
     /// The worker this thread is, when it is one.
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
@@ -112,9 +150,8 @@ const MAX_BLOCKING_THREADS: usize = 512;
 /// `crate::proxy::pool`.
 static STARTED: AtomicUsize = AtomicUsize::new(0);
 
-/// How many lists a per-worker structure keeps: one per worker started, and one for every other
-/// thread.
-pub fn shards() -> usize {
+/// How many `T`s a [`PerWorker`] keeps: one per worker started, and one for every other thread.
+fn shards() -> usize {
     STARTED.load(Ordering::Relaxed) + 1
 }
 
