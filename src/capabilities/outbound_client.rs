@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::server::workers::PerWorker;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
@@ -56,6 +56,9 @@ impl OutboundClient {
         let clients = PerWorker::new(|_| {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(IDLE_TIMEOUT)
+                // Without a timer the pool drops an idle connection only when its host is
+                // asked for again.
+                .pool_timer(TokioTimer::new())
                 .build(connector.clone())
         });
         OutboundClient { allowlist, clients }

@@ -56,7 +56,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -231,11 +231,13 @@ impl Upstream {
         let client = PerWorker::new(|_| {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(90))
+                .pool_timer(TokioTimer::new())
                 .http2_only(config.h2c)
                 .build(connector(false))
         });
         let upgrade_client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
             .build(connector(true));
         Ok(Upstream {
             name: name.into(),

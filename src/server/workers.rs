@@ -25,8 +25,10 @@
 //!
 //! The accept loops, the admin port, reloads, health checks, and the keyvalue and NATS
 //! connections ([`spawn_shared`]) stay on the process's shared runtime under both schedulers.
-//! The S3 client's connections are on the worker that opened them, shared by all. The
-//! measurements are in docs/perf.md.
+//! Exceptions, shared by every worker but run by the one that made them: the S3 client's
+//! connections, a Redis connection that redis-rs made again after it dropped (it reconnects
+//! from the command that found it broken), and WASI 0.3 routes' instances (wasmtime-wasi-http's
+//! `ProxyHandler` spawns them). The measurements are in docs/perf.md.
 
 use crate::config::{Scheduler as SchedulerConfig, ServerConfig};
 use crate::metrics::Metrics;
@@ -177,9 +179,9 @@ impl Workers {
     /// Starts `count` worker threads (at least one).
     pub(crate) fn start(count: usize, metrics: &Metrics) -> anyhow::Result<Workers> {
         let count = count.max(1);
-        // Blocking work (DNS lookups, file stores) gets as many threads in all as one tokio
-        // runtime would.
-        let blocking_threads = (MAX_BLOCKING_THREADS / count).max(8);
+        // Blocking work (DNS lookups, file stores): tokio's 512 threads of one runtime shared
+        // out, but at least 32 per worker, so a slow resolver does not queue its lookups.
+        let blocking_threads = (MAX_BLOCKING_THREADS / count).max(32);
         let (stop, stopped) = tokio::sync::watch::channel(());
         let mut workers = Vec::with_capacity(count);
         for index in 0..count {

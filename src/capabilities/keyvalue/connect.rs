@@ -66,10 +66,11 @@ impl<T: Clone + Send + Sync + 'static> SharedConnection<T> {
                     let (what, timeout) = (self.what, self.timeout);
                     // On the shared runtime: the connection's own tasks, spawned as it
                     // connects, serve every worker thread (`crate::server::workers`).
-                    let attempt = crate::server::workers::spawn_shared(tokio::time::timeout(
-                        timeout,
-                        connect(),
-                    ));
+                    // The deadline too: a timer belongs to the runtime it is made on.
+                    let connecting = connect();
+                    let attempt = crate::server::workers::spawn_shared(async move {
+                        tokio::time::timeout(timeout, connecting).await
+                    });
                     let attempt: Attempt<T> = async move {
                         match attempt.await {
                             Ok(Ok(result)) => result,
