@@ -9,8 +9,8 @@
 //! client makes the longest-idle connection close; when every connection is busy, new clients
 //! wait in the kernel's backlog.
 //!
-//! Each accepted connection runs on one worker thread of its own for its whole life, or on the
-//! shared work-stealing runtime, as `[server] scheduler` says ([`workers`]).
+//! Each accepted connection spends its whole life on one worker thread, or runs on the shared
+//! work-stealing runtime, as `[server] scheduler` says ([`workers`]).
 //! Each connection's life, and the limits on idle, silent and slow peers, are in [`connection`].
 //! A connection the gateway ends while the client may still be sending lingers ([`linger`]), so
 //! an early answer such as a 413 reaches the client instead of being lost to a TCP reset.
@@ -69,7 +69,7 @@ pub async fn run(config: Config, path: PathBuf, set_log_level: SetLogLevel) -> a
     }
     crate::tls::certs::prefetch_system_roots();
     let metrics = Metrics::new();
-    // Before the first generation: the upstreams' connection pools keep a list per worker.
+    // Before the first generation: the connection pools it builds keep one pool per worker.
     let scheduler = workers::Scheduler::start(&config.server, &metrics)?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await

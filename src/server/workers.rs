@@ -256,7 +256,7 @@ impl Workers {
                 return;
             }
         };
-        let counted = Counted::new(worker.connections.clone());
+        let counted = CountedOnWorker::new(worker.connections.clone());
         worker.handle.spawn(async move {
             let _counted = counted;
             match TcpStream::from_std(stream) {
@@ -269,16 +269,16 @@ impl Workers {
 
 /// A connection counted on its worker's gauge from the hand-over until it ends, or until the
 /// worker drops it unfinished.
-struct Counted(IntGauge);
+struct CountedOnWorker(IntGauge);
 
-impl Counted {
-    fn new(gauge: IntGauge) -> Counted {
+impl CountedOnWorker {
+    fn new(gauge: IntGauge) -> CountedOnWorker {
         gauge.inc();
-        Counted(gauge)
+        CountedOnWorker(gauge)
     }
 }
 
-impl Drop for Counted {
+impl Drop for CountedOnWorker {
     fn drop(&mut self) {
         self.0.dec();
     }
