@@ -522,23 +522,11 @@ fn the_open_file_limit_is_raised_and_a_short_one_is_named() {
         let _ = process.0.kill();
         let _ = process.0.wait();
         let mut output = String::new();
-        for pipe in [
-            process
-                .0
-                .stdout
-                .take()
-                .map(|pipe| Box::new(pipe) as Box<dyn std::io::Read>),
-            process
-                .0
-                .stderr
-                .take()
-                .map(|pipe| Box::new(pipe) as Box<dyn std::io::Read>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let mut pipe = pipe;
-            let _ = pipe.read_to_string(&mut output);
+        if let Some(mut stdout) = process.0.stdout.take() {
+            let _ = stdout.read_to_string(&mut output);
+        }
+        if let Some(mut stderr) = process.0.stderr.take() {
+            let _ = stderr.read_to_string(&mut output);
         }
         assert_eq!(
             output.contains("the open file limit is below what max_connections may need"),

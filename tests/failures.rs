@@ -231,19 +231,13 @@ async fn a_busy_guest_leaves_its_worker_free_for_other_connections_at_every_tick
     let url = gw.url("/loop");
     let looping = tokio::spawn(async move { get(&http1(), &url).await.0 });
     // The guest is running once the route counts an instance.
-    let started = std::time::Instant::now();
-    while metric_value(
-        &gw.metrics().await,
+    gw.wait_for_metric(
         "wasmgate_instances_active",
         &[("route", "/loop")],
-    ) != Some(1.0)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the loop never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
     let asked = std::time::Instant::now();
     let (status, _, body) = get(&http1(), &gw.url("/hello/beside")).await;
     let waited = asked.elapsed();

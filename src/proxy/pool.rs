@@ -125,11 +125,6 @@ impl Default for IdleConnections {
 }
 
 impl IdleConnections {
-    /// The list of the calling thread: its worker's, or the shared one.
-    fn shard_here(&self) -> usize {
-        self.shards.index_here()
-    }
-
     fn lock(list: &Mutex<IdleList>) -> std::sync::MutexGuard<'_, IdleList> {
         list.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -211,7 +206,7 @@ pub async fn send(
     let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|error| SendFailure::Connect(error.into()))?;
-    let mut live = Live::new(sender, connection, idle.shard_here());
+    let mut live = Live::new(sender, connection, idle.shards.index_here());
     match exchange(&mut live, request).await {
         Ok(response) => Ok(PooledBody::wrap(response, live, idle)),
         Err(failed) => Err(SendFailure::Send(failed.into_error().into())),

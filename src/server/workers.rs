@@ -148,8 +148,7 @@ thread_local! {
 /// tokio's default limit on one runtime's blocking threads, shared out between the workers.
 const MAX_BLOCKING_THREADS: usize = 512;
 
-/// How many worker threads the process started, for the per-worker lists of
-/// `crate::proxy::pool`.
+/// How many worker threads the process started, for [`PerWorker`].
 static STARTED: AtomicUsize = AtomicUsize::new(0);
 
 /// How many `T`s a [`PerWorker`] keeps: one per worker started, and one for every other thread.

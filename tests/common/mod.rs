@@ -285,6 +285,29 @@ impl Gateway {
         body
     }
 
+    /// Waits until the metric sample `name{labels}` reads `want` (a missing sample reads as
+    /// none), at most `within`.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+        within: Duration,
+    ) {
+        let started = std::time::Instant::now();
+        loop {
+            let now = metric_value(&self.metrics().await, name, labels);
+            if now == Some(want) {
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "{name}{labels:?} is {now:?}, expected {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
